@@ -1,0 +1,78 @@
+"""The shared body of the SQS-triggered functions: one record in, one pipeline stage run.
+
+functions/<name>/app.py wires this to powertools' BatchProcessor; a record that raises becomes a batch item
+failure, so SQS retries it and finally moves it to the function's dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from pixdex.errors import PixdexError
+from pixdex.events import parse_message
+from pixdex.runtime import Runtime
+
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], PartialItemFailureResponse]
+
+
+class StageRecordHandler:
+    def __init__(self, stage: str, runtime: Runtime, logger: Logger, metrics: Metrics) -> None:
+        self.stage = stage
+        self.runtime = runtime
+        self.logger = logger
+        self.metrics = metrics
+
+    def __call__(self, record: SQSRecord) -> None:
+        try:
+            events = parse_message(record.body)
+        except PixdexError as exc:
+            self._failed(exc, record.message_id, None)
+            raise
+        for event in events:
+            try:
+                outcome = self.runtime.pipeline.handle(self.stage, event)
+            except PixdexError as exc:
+                self._failed(exc, record.message_id, f"s3://{event.bucket}/{event.key}")
+                raise
+            self.logger.info(
+                "object handled",
+                stage=self.stage, outcome=outcome.value, bucket=event.bucket, key=event.key,
+                receive_count=record.attributes.approximate_receive_count,
+            )
+            self.metrics.add_metric(name=f"Outcome_{outcome.value}", unit=MetricUnit.Count, value=1)
+
+    def _failed(self, exc: PixdexError, message_id: str, uri: str | None) -> None:
+        self.logger.warning(
+            "object failed",
+            stage=self.stage, error=exc.code, reason=exc.message, retryable=exc.retryable,
+            message_id=message_id, object=uri,
+        )
+        self.metrics.add_metric(name=f"Error_{exc.code}", unit=MetricUnit.Count, value=1)
+
+
+def make_sqs_handler(stage: str, runtime: Runtime) -> LambdaHandler:
+    """A Lambda entry point for an SQS-triggered stage, with JSON logs, EMF metrics, tracing and partial
+    batch failure reporting. Built once per container at import time."""
+    logger = Logger(service=f"pixdex-{stage}")
+    metrics = Metrics(namespace="pixdex", service=f"pixdex-{stage}")
+    tracer = Tracer(service=f"pixdex-{stage}")
+    processor = BatchProcessor(event_type=EventType.SQS)
+    record_handler = StageRecordHandler(stage, runtime, logger, metrics)
+
+    @logger.inject_lambda_context
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return lambda_handler

@@ -1,0 +1,312 @@
+"""`pixdex up`: moto on loopback, the template's buckets/rules/queues, pollers, the HTTP API, persistence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from pixdex.local.functions import load_handler
+from pixdex.local.gateway import Gateway
+from pixdex.local.poller import QueuePoller
+from pixdex.local.template import StackSpec, read_stack
+from pixdex.settings import Settings
+from pixdex.storage import FolderStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+
+log = logging.getLogger("pixdex.local")
+
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+MIRROR_QUEUE = "pixdex-local-mirror"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_template(start: Path | None = None) -> Path:
+    """template.yaml of the checkout we run from (the local stack needs the functions/ beside it)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "template.yaml").is_file() and (folder / "functions").is_dir():
+            return folder / "template.yaml"
+    pkg_root = Path(__file__).resolve().parents[4]
+    if (pkg_root / "template.yaml").is_file():
+        return pkg_root / "template.yaml"
+    raise FileNotFoundError("template.yaml not found: run pixdex from the project checkout or pass --template")
+
+
+@dataclass
+class UpOptions:
+    data_dir: Path
+    api_port: int = 8000
+    aws_port: int = 4566
+    template: Path | None = None
+    region: str = "us-east-1"
+    max_receive_count: int | None = None   # overrides the template's MaxReceiveCount parameter
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class MotoServer:
+    """moto in server mode, in its own process so its work does not share a GIL with the handlers."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited early; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"moto server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class ObjectMirror:
+    """Keeps a copy of every bucket object under data/s3 so the stack's state survives restarts.
+
+    moto keeps objects in memory only; a local-only rule sends every object event of the stack's buckets to a
+    mirror queue, and this worker writes or deletes the file. The layout is FolderStore's, so the same
+    folder also serves `pixdex ingest --in-process`."""
+
+    def __init__(self, root: Path, s3: S3Client) -> None:
+        self.files = FolderStore(root)
+        self.s3 = s3
+
+    def restore(self, bucket: str) -> int:
+        keys = self.files.keys(bucket)
+        for key in keys:
+            data, head = self.files.get(bucket, key)
+            self.s3.put_object(Bucket=bucket, Key=key, Body=data,
+                               ContentType=head.content_type or "binary/octet-stream")
+        return len(keys)
+
+    def apply(self, body: str) -> None:
+        event = json.loads(body)
+        detail = event.get("detail") or {}
+        bucket = (detail.get("bucket") or {}).get("name")
+        key = (detail.get("object") or {}).get("key")
+        if not bucket or not key:
+            return
+        try:
+            obj = self.s3.get_object(Bucket=bucket, Key=key)
+        except ClientError:
+            self.files.delete(bucket, key)
+            return
+        self.files.put(bucket, key, obj["Body"].read(),
+                       content_type=obj.get("ContentType") or "binary/octet-stream")
+
+
+class LocalStack:
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.resolve()
+        self.template = (options.template or find_template()).resolve()
+        params = {}
+        if options.max_receive_count is not None:
+            params["MaxReceiveCount"] = str(options.max_receive_count)
+        self.spec: StackSpec = read_stack(self.template, region=options.region, parameters=params)
+        self.moto = MotoServer(options.aws_port, self.data_dir / "logs" / "moto.log")
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.pollers: dict[str, QueuePoller] = {}
+        self.gateway: Gateway | None = None
+        self.queue_urls: dict[str, str] = {}
+
+    # -- names ---------------------------------------------------------------------------------
+
+    @property
+    def originals_bucket(self) -> str:
+        return self.spec.buckets["OriginalsBucket"]
+
+    @property
+    def derivatives_bucket(self) -> str:
+        return self.spec.buckets["DerivativesBucket"]
+
+    @property
+    def aws_endpoint(self) -> str:
+        return self.moto.url
+
+    @property
+    def api_url(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.url
+
+    def settings(self) -> Settings:
+        env = self.environment()
+        return Settings.from_env(env)
+
+    def environment(self) -> dict[str, str]:
+        """The functions' environment, as template.yaml would set it in AWS, pointed at the local parts."""
+        base = Settings(data_dir=self.data_dir)
+        env = {
+            **base.to_env(),
+            "PIXDEX_ORIGINALS_BUCKET": self.originals_bucket,
+            "PIXDEX_DERIVATIVES_BUCKET": self.derivatives_bucket,
+            "PIXDEX_INDEX_URL": f"sqlite:///{self.data_dir / 'index.db'}",
+            "AWS_ENDPOINT_URL": self.aws_endpoint,
+            "AWS_REGION": self.options.region,
+            "AWS_DEFAULT_REGION": self.options.region,
+            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+            "POWERTOOLS_METRICS_NAMESPACE": "pixdex",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+        env.update(self.options.extra_env)
+        return env
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.options.region,
+                            config=Config(retries={"mode": "standard"}), **LOCAL_CREDENTIALS)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.moto.start()
+        # The handlers build their clients from the environment at import, as in Lambda: this is the edge.
+        os.environ.update(self.environment())
+        s3, sqs, events = self.client("s3"), self.client("sqs"), self.client("events")
+        mirror = ObjectMirror(self.data_dir / "s3", s3)
+        self._provision(s3, sqs, events, mirror)
+        for name, fn in self.spec.functions.items():
+            if fn.queue is None:
+                continue
+            queue = self.spec.queues[fn.queue]
+            poller = QueuePoller(
+                name=name, sqs=sqs, queue_url=self.queue_urls[fn.queue], queue_arn=queue.arn,
+                handler=load_handler(fn), batch_size=fn.batch_size, region=self.options.region,
+                stop=self.stop_event,
+            )
+            self.pollers[name] = poller
+        self._start_mirror_worker(sqs, mirror)
+        for p in self.pollers.values():
+            p.start()
+            self.threads.append(p)
+        query = self.spec.functions["query"]
+        self.gateway = Gateway("127.0.0.1", self.options.api_port, load_handler(query), query.routes)
+        t = threading.Thread(target=self.gateway.serve_forever, name="gateway", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.gateway is not None:
+            self.gateway.shutdown()
+            self.gateway.server_close()
+        for t in self.threads:
+            t.join(timeout=10)
+        self.moto.stop()
+
+    def _provision(self, s3: S3Client, sqs: SQSClient, events: Any, mirror: ObjectMirror) -> None:
+        for lid, bucket in self.spec.buckets.items():
+            s3.create_bucket(Bucket=bucket)
+            mirror.restore(bucket)
+            log.info("bucket %s (%s)", bucket, lid)
+        # Notifications go on after the restore, so restored objects are not processed again.
+        for bucket in self.spec.buckets.values():
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
+            )
+        # Dead-letter queues first: a redrive policy must name an existing queue.
+        ordered = sorted(self.spec.queues.values(), key=lambda q: q.dead_letter is not None)
+        for q in ordered:
+            attrs = {"VisibilityTimeout": str(q.visibility_timeout)}
+            if q.dead_letter is not None:
+                dlq = self.spec.queues[q.dead_letter]
+                attrs["RedrivePolicy"] = json.dumps(
+                    {"deadLetterTargetArn": dlq.arn, "maxReceiveCount": q.max_receive_count or 3}
+                )
+            self.queue_urls[q.logical_id] = sqs.create_queue(QueueName=q.name, Attributes=attrs)["QueueUrl"]
+        for rule in self.spec.rules.values():
+            events.put_rule(Name=rule.logical_id, EventPattern=json.dumps(rule.pattern), State="ENABLED")
+            events.put_targets(Rule=rule.logical_id, Targets=[
+                {"Id": f"t{i}", "Arn": self.spec.queues[q].arn} for i, q in enumerate(rule.target_queues)
+            ])
+        # Local only: every object event of the stack's buckets feeds the persistence mirror.
+        mirror_url = sqs.create_queue(QueueName=MIRROR_QUEUE)["QueueUrl"]
+        self.queue_urls[MIRROR_QUEUE] = mirror_url
+        mirror_arn = sqs.get_queue_attributes(QueueUrl=mirror_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"]
+        events.put_rule(Name="PixdexLocalMirror", State="ENABLED", EventPattern=json.dumps({
+            "source": ["aws.s3"], "detail": {"bucket": {"name": sorted(self.spec.buckets.values())}},
+        }))
+        events.put_targets(Rule="PixdexLocalMirror", Targets=[{"Id": "mirror", "Arn": mirror_arn}])
+
+    def _start_mirror_worker(self, sqs: SQSClient, mirror: ObjectMirror) -> None:
+        url = self.queue_urls[MIRROR_QUEUE]
+
+        def work() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+                    for m in msgs.get("Messages", []):
+                        mirror.apply(m["Body"])
+                        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                except Exception:
+                    log.exception("mirror worker failed; retrying")
+                    self.stop_event.wait(1)
+
+        t = threading.Thread(target=work, name="mirror", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    # -- waiting (for tests and `ingest`) ------------------------------------------------------
+
+    def queue_depths(self) -> dict[str, int]:
+        sqs = self.client("sqs")
+        out = {}
+        for lid, url in self.queue_urls.items():
+            a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+            out[lid] = int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+        return out
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.2) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return False

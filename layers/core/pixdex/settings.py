@@ -1,0 +1,138 @@
+"""One typed settings object, built from the environment at the edge and passed in explicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pixdex import constants as env_names
+
+DerivativeFormat = Literal["webp", "jpeg", "png", "avif"]
+DERIVATIVE_FORMATS: tuple[DerivativeFormat, ...] = ("webp", "jpeg", "png", "avif")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits checked before a full decode, so decompression bombs never expand in memory."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class DerivativeSettings:
+    thumbnail_size: int = 256
+    preview_size: int = 1280
+    format: DerivativeFormat = "webp"
+    quality: int = 80
+    # Lossless sources (PNG, GIF, BMP, lossless WebP) at or under this many pixels keep a lossless
+    # derivative: screenshots and line art blur badly under lossy codecs and stay small anyway.
+    lossless_max_pixels: int = 4_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    originals_bucket: str = "pixdex-originals"
+    derivatives_bucket: str = "pixdex-derivatives"
+    # sqlite:///abs/path.db (embedded) or http(s)://host (OpenSearch / Elasticsearch).
+    index_url: str = "sqlite:///.pixdex/index.db"
+    index_name: str = "pixdex-images"
+    data_dir: Path = Path(".pixdex")
+    model_dir: Path | None = None
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    derivatives: DerivativeSettings = field(default_factory=DerivativeSettings)
+    presign_ttl_seconds: int = 900
+    store_gps: bool = True
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping (``os.environ`` at the edge, a dict in tests)."""
+        base = cls()
+        data_dir = Path(env.get(env_names.DATA_DIR, str(base.data_dir)))
+        model_dir = env.get(env_names.MODEL_DIR)
+        fmt = env.get(env_names.DERIVATIVE_FORMAT, base.derivatives.format).lower()
+        if fmt not in DERIVATIVE_FORMATS:
+            raise ValueError(f"{env_names.DERIVATIVE_FORMAT}={fmt!r}: expected one of {DERIVATIVE_FORMATS}")
+        derivatives = DerivativeSettings(
+            thumbnail_size=_int(env, env_names.THUMBNAIL_SIZE, base.derivatives.thumbnail_size),
+            preview_size=_int(env, env_names.PREVIEW_SIZE, base.derivatives.preview_size),
+            format=fmt,  # type: ignore[arg-type]  # checked against DERIVATIVE_FORMATS above
+            quality=_int(env, env_names.DERIVATIVE_QUALITY, base.derivatives.quality),
+            lossless_max_pixels=_int(env, env_names.LOSSLESS_MAX_PIXELS, base.derivatives.lossless_max_pixels),
+        )
+        limits = ImageLimits(
+            max_bytes=_int(env, env_names.MAX_IMAGE_BYTES, base.limits.max_bytes),
+            max_pixels=_int(env, env_names.MAX_IMAGE_PIXELS, base.limits.max_pixels),
+        )
+        return cls(
+            originals_bucket=env.get(env_names.ORIGINALS_BUCKET, base.originals_bucket),
+            derivatives_bucket=env.get(env_names.DERIVATIVES_BUCKET, base.derivatives_bucket),
+            index_url=env.get(env_names.INDEX_URL, f"sqlite:///{(data_dir / 'index.db').resolve()}"),
+            index_name=env.get(env_names.INDEX_NAME, base.index_name),
+            data_dir=data_dir,
+            model_dir=Path(model_dir) if model_dir else None,
+            limits=limits,
+            derivatives=derivatives,
+            presign_ttl_seconds=_int(env, env_names.PRESIGN_TTL_SECONDS, base.presign_ttl_seconds),
+            store_gps=_bool(env, env_names.STORE_GPS, base.store_gps),
+            aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
+            aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The inverse of :meth:`from_env`, for handing settings to child processes and functions."""
+        out = {
+            env_names.ORIGINALS_BUCKET: self.originals_bucket,
+            env_names.DERIVATIVES_BUCKET: self.derivatives_bucket,
+            env_names.INDEX_URL: self.index_url,
+            env_names.INDEX_NAME: self.index_name,
+            env_names.DATA_DIR: str(self.data_dir),
+            env_names.MAX_IMAGE_BYTES: str(self.limits.max_bytes),
+            env_names.MAX_IMAGE_PIXELS: str(self.limits.max_pixels),
+            env_names.THUMBNAIL_SIZE: str(self.derivatives.thumbnail_size),
+            env_names.PREVIEW_SIZE: str(self.derivatives.preview_size),
+            env_names.DERIVATIVE_FORMAT: self.derivatives.format,
+            env_names.DERIVATIVE_QUALITY: str(self.derivatives.quality),
+            env_names.LOSSLESS_MAX_PIXELS: str(self.derivatives.lossless_max_pixels),
+            env_names.PRESIGN_TTL_SECONDS: str(self.presign_ttl_seconds),
+            env_names.STORE_GPS: "true" if self.store_gps else "false",
+            env_names.AWS_REGION: self.aws_region,
+        }
+        if self.model_dir is not None:
+            out[env_names.MODEL_DIR] = str(self.model_dir)
+        if self.aws_endpoint_url:
+            out[env_names.AWS_ENDPOINT_URL] = self.aws_endpoint_url
+        return out
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r}: expected true or false")

@@ -1,0 +1,247 @@
+"""Object storage on S3 through boto3. Honours AWS_ENDPOINT_URL (moto locally, S3 in AWS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pixdex.errors import BackendUnavailableError, NotFoundError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from pixdex.settings import Settings
+
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    content_type: str | None
+    last_modified: str | None
+
+
+def s3_client(settings: Settings) -> S3Client:
+    """One client per container: created at module load by the handlers and reused across invocations."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.aws_endpoint_url,
+        region_name=settings.aws_region,
+        config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
+    )
+
+
+class ObjectStore(Protocol):
+    """The object-storage port. S3Store is the real adapter; FolderStore keeps objects in a local folder
+    for in-process runs (`pixdex ingest --in-process`) with the same layout the local stack persists."""
+
+    def head(self, bucket: str, key: str) -> ObjectHead | None: ...
+
+    def get(self, bucket: str, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectHead]: ...
+
+    def put(self, bucket: str, key: str, data: bytes, *, content_type: str,
+            metadata: dict[str, str] | None = None, cache_control: str | None = None) -> str: ...
+
+    def delete(self, bucket: str, key: str) -> None: ...
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int: ...
+
+    def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str: ...
+
+
+class S3Store:
+    def __init__(self, client: S3Client) -> None:
+        self._s3 = client
+
+    def head(self, bucket: str, key: str) -> ObjectHead | None:
+        """Metadata of an object, or None if it does not exist (deleted since the event was sent)."""
+        try:
+            r = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise _unavailable("head", bucket, key, exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("head", bucket, key, exc) from exc
+        version = r.get("VersionId")
+        return ObjectHead(
+            bucket=bucket,
+            key=key,
+            size=int(r.get("ContentLength", 0)),
+            etag=r.get("ETag", "").strip('"'),
+            version_id=None if version in (None, "null") else version,
+            content_type=r.get("ContentType"),
+            last_modified=r["LastModified"].isoformat() if "LastModified" in r else None,
+        )
+
+    def get(self, bucket: str, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectHead]:
+        """Read an object. With max_bytes, read at most one byte more so oversize input is detected
+        without pulling a huge object into memory."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if max_bytes is not None:
+            kwargs["Range"] = f"bytes=0-{max_bytes}"
+        try:
+            r = self._s3.get_object(**kwargs)
+            data = r["Body"].read()
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise NotFoundError(f"s3://{bucket}/{key} does not exist", bucket=bucket, key=key) from exc
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                # An empty object cannot satisfy any range; it is a valid (empty) read.
+                return b"", self._require_head(bucket, key)
+            raise _unavailable("get", bucket, key, exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("get", bucket, key, exc) from exc
+        version = r.get("VersionId")
+        size = int(r.get("ContentRange", "/").rsplit("/", 1)[-1] or 0) if "ContentRange" in r else len(data)
+        head = ObjectHead(
+            bucket=bucket,
+            key=key,
+            size=size,
+            etag=r.get("ETag", "").strip('"'),
+            version_id=None if version in (None, "null") else version,
+            content_type=r.get("ContentType"),
+            last_modified=r["LastModified"].isoformat() if "LastModified" in r else None,
+        )
+        return data, head
+
+    def put(self, bucket: str, key: str, data: bytes, *, content_type: str,
+            metadata: dict[str, str] | None = None, cache_control: str | None = None) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
+        if metadata:
+            kwargs["Metadata"] = metadata
+        if cache_control:
+            kwargs["CacheControl"] = cache_control
+        try:
+            r = self._s3.put_object(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable("put", bucket, key, exc) from exc
+        return r.get("ETag", "").strip('"')
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if not _is_missing(exc):
+                raise _unavailable("delete", bucket, key, exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("delete", bucket, key, exc) from exc
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object under a prefix; returns how many were deleted."""
+        deleted = 0
+        try:
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self._s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    deleted += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable("delete_prefix", bucket, prefix, exc) from exc
+        return deleted
+
+    def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str:
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_seconds
+        )
+
+    def _require_head(self, bucket: str, key: str) -> ObjectHead:
+        head = self.head(bucket, key)
+        if head is None:
+            raise NotFoundError(f"s3://{bucket}/{key} does not exist", bucket=bucket, key=key)
+        return head
+
+
+class FolderStore:
+    """Objects as files: <root>/<bucket>/<url-quoted key>, content type beside it in <file>.meta.json."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, bucket: str, key: str) -> Path:
+        return self.root / bucket / quote(key, safe="")
+
+    def head(self, bucket: str, key: str) -> ObjectHead | None:
+        path = self._path(bucket, key)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        meta = _read_meta(path)
+        return ObjectHead(
+            bucket=bucket, key=key, size=len(data),
+            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            version_id=None, content_type=meta.get("content_type"),
+            last_modified=datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
+        )
+
+    def get(self, bucket: str, key: str, *, max_bytes: int | None = None) -> tuple[bytes, ObjectHead]:
+        head = self.head(bucket, key)
+        if head is None:
+            raise NotFoundError(f"{bucket}/{key} does not exist", bucket=bucket, key=key)
+        data = self._path(bucket, key).read_bytes()
+        return (data if max_bytes is None else data[: max_bytes + 1]), head
+
+    def put(self, bucket: str, key: str, data: bytes, *, content_type: str,
+            metadata: dict[str, str] | None = None, cache_control: str | None = None) -> str:
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        path.with_name(path.name + ".meta.json").write_text(json.dumps({"content_type": content_type}))
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def delete(self, bucket: str, key: str) -> None:
+        path = self._path(bucket, key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
+
+    def keys(self, bucket: str) -> list[str]:
+        folder = self.root / bucket
+        if not folder.is_dir():
+            return []
+        return sorted(unquote(f.name) for f in folder.iterdir() if not f.name.endswith((".meta.json", ".tmp")))
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        doomed = [k for k in self.keys(bucket) if k.startswith(prefix)]
+        for key in doomed:
+            self.delete(bucket, key)
+        return len(doomed)
+
+    def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str:
+        return self._path(bucket, key).resolve().as_uri()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = path.with_name(path.name + ".meta.json")
+    try:
+        loaded = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _is_missing(exc: ClientError) -> bool:
+    err = exc.response.get("Error", {})
+    return str(err.get("Code")) in _MISSING_CODES or exc.response.get("ResponseMetadata", {}).get(
+        "HTTPStatusCode"
+    ) == 404
+
+
+def _unavailable(op: str, bucket: str, key: str, exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(f"S3 {op} s3://{bucket}/{key} failed: {exc}", bucket=bucket, key=key)

@@ -1,0 +1,96 @@
+"""Starts the real local stack (`pixdex up`) as a user would, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from pixdex.local.stack import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    api: str
+    aws_endpoint: str
+    originals_bucket: str
+    derivatives_bucket: str
+    data_dir: Path
+    proc: subprocess.Popen[str]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name="us-east-1",
+                            aws_access_key_id="anything", aws_secret_access_key="anything")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.api + path, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_for(self, predicate: Any, timeout: float = 90.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pixdex up exited with {self.proc.returncode} while waiting for {what}")
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_stack(data_dir: Path, *extra: str) -> RunningStack:
+    api_port, aws_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
+         "--aws-port", str(aws_port), "--max-receive-count", "2", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline and "API" not in lines:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"pixdex up exited early: {proc.wait()}")
+        for prefix in ("AWS endpoint ", "originals bucket ", "derivatives bucket ", "API "):
+            if line.startswith(prefix):
+                lines[prefix.strip()] = line[len(prefix):].strip()
+    assert "API" in lines, "pixdex up did not print its API line"
+    return RunningStack(api=lines["API"], aws_endpoint=lines["AWS endpoint"],
+                        originals_bucket=lines["originals bucket"],
+                        derivatives_bucket=lines["derivatives bucket"], data_dir=data_dir, proc=proc)
+
+
+def stop_stack(stack: RunningStack) -> str:
+    stack.proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = stack.proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stack.proc.kill()
+        out, _ = stack.proc.communicate()
+    return out
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[RunningStack]:
+    running = start_stack(tmp_path / "data")
+    yield running
+    stop_stack(running)

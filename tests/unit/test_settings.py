@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixdex.settings import Settings
+
+
+def test_defaults_and_round_trip(tmp_path: Path) -> None:
+    s = Settings.from_env({"PIXDEX_DATA_DIR": str(tmp_path)})
+    assert s.index_url == f"sqlite:///{(tmp_path / 'index.db').resolve()}"
+    assert s.derivatives.thumbnail_size == 256 and s.derivatives.preview_size == 1280
+    assert s.derivatives.format == "webp"
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_values_are_typed_and_checked() -> None:
+    s = Settings.from_env({"PIXDEX_THUMBNAIL_SIZE": "128", "PIXDEX_DERIVATIVE_FORMAT": "AVIF",
+                           "PIXDEX_STORE_GPS": "no", "AWS_ENDPOINT_URL": "http://127.0.0.1:4566"})
+    assert s.derivatives.thumbnail_size == 128 and s.derivatives.format == "avif"
+    assert s.store_gps is False and s.aws_endpoint_url == "http://127.0.0.1:4566"
+    for bad in ({"PIXDEX_THUMBNAIL_SIZE": "big"}, {"PIXDEX_THUMBNAIL_SIZE": "-1"},
+                {"PIXDEX_DERIVATIVE_FORMAT": "bmp"}, {"PIXDEX_STORE_GPS": "maybe"}):
+        with pytest.raises(ValueError, match="PIXDEX_"):
+            Settings.from_env(bad)
