@@ -1,4 +1,4 @@
-"""compress: S3 Object Created (EventBridge -> SQS) -> thumbnail and preview derivatives, compression figures, index upsert."""
+"""compress: S3 Object Created (EventBridge -> SQS) -> thumbnail + preview derivatives, bytes saved -> index."""
 
 import os
 

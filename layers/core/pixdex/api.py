@@ -1,50 +1,130 @@
 """The query function's HTTP API: powertools' APIGatewayHttpResolver with request validation.
 
-Routes are declared with typed, bounded parameters, so bad input is a 422 naming the field before any
-backend is touched; the OpenAPI document is generated from the same declarations."""
+Routes declare typed, bounded parameters, so bad input is a 422 naming the field before any backend is
+touched, and the OpenAPI document is generated from the same declarations. Identity comes only from the
+authorizer context that API Gateway puts in the event, never from anything the client sends."""
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from pixdex import __version__
-from pixdex.errors import InvalidRequestError, PixdexError
+from pixdex.document import DEFAULT_TENANT, document_id
+from pixdex.errors import ForbiddenError, InvalidRequestError, PixdexError
 from pixdex.index.base import Filters
 from pixdex.query import SearchRequest, SearchService, parse_facets, split_list
 from pixdex.runtime import Runtime
 
 MAX_QUERY_LENGTH = 512
 MAX_CURSOR_LENGTH = 2048
+MAX_HAMMING_RADIUS = 24
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+                "image/heic", "image/heif", "image/avif")
 
 SortParam = Literal["relevance", "newest", "oldest"]
-Int = Annotated[int | None, Query(ge=0, le=10**12)]
-DateParam = Annotated[str | None, Query(max_length=40, description="ISO 8601 date or date-time")]
+ImageId = Annotated[str, Path(pattern=ID_PATTERN, description="image id")]
+_Count = Field(None, ge=0, le=10**12)
+_Date = Field(None, max_length=40, description="ISO 8601 date, or date-time with a zone")
+
+
+class FilterParams(BaseModel):
+    """Filters, facets and paging shared by every listing route."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: str | None = Field(None, max_length=200, description="any of these formats, comma-separated")
+    labels: str | None = Field(None, max_length=1000, description="all of these labels, comma-separated")
+    camera: str | None = Field(None, max_length=500, description="any of these cameras, comma-separated")
+    min_width: int | None = _Count
+    max_width: int | None = _Count
+    min_height: int | None = _Count
+    max_height: int | None = _Count
+    min_bytes: int | None = _Count
+    max_bytes: int | None = _Count
+    taken_after: str | None = _Date
+    taken_before: str | None = _Date
+    uploaded_after: str | None = _Date
+    uploaded_before: str | None = _Date
+    has_text: bool | None = None
+    min_faces: int | None = Field(None, ge=0, le=1000)
+    max_faces: int | None = Field(None, ge=0, le=1000)
+    facets: str | None = Field(None, max_length=100, description="format,labels,camera,year")
+    size: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=MAX_CURSOR_LENGTH)
+
+    def to_request(self, tenant: str, q: str | None = None, sort: SortParam = "relevance") -> SearchRequest:
+        filters = Filters(
+            tenant=tenant,
+            formats=tuple(f.lower() for f in split_list(self.format, name="format")),
+            labels=tuple(label.lower() for label in split_list(self.labels, name="labels")),
+            cameras=split_list(self.camera, name="camera"),
+            min_width=self.min_width, max_width=self.max_width,
+            min_height=self.min_height, max_height=self.max_height,
+            min_bytes=self.min_bytes, max_bytes=self.max_bytes,
+            taken_after=_date(self.taken_after, "taken_after"),
+            taken_before=_date(self.taken_before, "taken_before", end=True),
+            uploaded_after=_date(self.uploaded_after, "uploaded_after"),
+            uploaded_before=_date(self.uploaded_before, "uploaded_before", end=True),
+            has_text=self.has_text, min_faces=self.min_faces, max_faces=self.max_faces,
+        )
+        return SearchRequest(q=q, filters=filters, facets=parse_facets(self.facets), size=self.size,
+                             cursor=self.cursor, sort=sort)
+
+
+class UploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$")
+    content_type: str = Field(max_length=100)
 
 
 def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayHttpResolver:
     app = APIGatewayHttpResolver(enable_validation=True)
     log = logger or Logger(service="pixdex-query")
+    settings = runtime.settings
 
     def service() -> SearchService:
         # Built on first use so a cold start that only answers /health never opens the index.
         return SearchService(runtime.settings, runtime.index, runtime.store)
 
-    @app.exception_handler(PixdexError)
+    def tenant() -> str:
+        """The caller's tenant, from the JWT authorizer's claims (or a Lambda authorizer's context)."""
+        if not settings.multi_tenant:
+            return DEFAULT_TENANT
+        authorizer = app.current_event.raw_event.get("requestContext", {}).get("authorizer") or {}
+        claims = (authorizer.get("jwt") or {}).get("claims") or {}
+        value = claims.get(settings.tenant_claim) or (authorizer.get("lambda") or {}).get("tenant")
+        if not isinstance(value, str) or not _TENANT_RE.match(value):
+            raise ForbiddenError(f"the token carries no valid {settings.tenant_claim!r} claim")
+        return value
+
+    @app.exception_handler(PixdexError)  # type: ignore[untyped-decorator]
     def _pixdex_error(exc: PixdexError) -> Response[str]:
         if exc.http_status >= 500:
             log.exception("request failed", error=exc.code)
-        return Response(
-            status_code=exc.http_status,
-            content_type=content_types.APPLICATION_JSON,
-            body=json.dumps(exc.to_dict(), default=str),
-        )
+        return _json(exc.http_status, exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
+    def _invalid(exc: RequestValidationError) -> Response[str]:
+        fields = [
+            {"field": ".".join(str(p) for p in err.get("loc", ())[1:] if p not in ("params", "body_params")),
+             "reason": err.get("msg") or err.get("type")}
+            for err in exc.errors()
+        ]
+        message = "; ".join(f"{f['field']}: {f['reason']}" for f in fields) or "invalid request"
+        return _json(422, {"error": "invalid_request", "message": message, "fields": fields})
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -52,80 +132,69 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
 
     @app.get("/openapi.json")
     def openapi() -> Response[str]:
-        return Response(
-            status_code=200,
-            content_type=content_types.APPLICATION_JSON,
-            body=app.get_openapi_json_schema(title="pixdex", version=__version__),
-        )
+        return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
+                        body=app.get_openapi_json_schema(title="pixdex", version=__version__))
 
     @app.get("/search")
     def search(
+        params: Annotated[FilterParams, Query()],
         q: Annotated[str | None, Query(max_length=MAX_QUERY_LENGTH, description="keywords")] = None,
-        format: Annotated[str | None, Query(max_length=200, description="comma-separated formats")] = None,  # noqa: A002
-        labels: Annotated[str | None, Query(max_length=1000, description="all of these labels")] = None,
-        camera: Annotated[str | None, Query(max_length=500, description="any of these cameras")] = None,
-        min_width: Int = None,
-        max_width: Int = None,
-        min_height: Int = None,
-        max_height: Int = None,
-        min_bytes: Int = None,
-        max_bytes: Int = None,
-        taken_after: DateParam = None,
-        taken_before: DateParam = None,
-        uploaded_after: DateParam = None,
-        uploaded_before: DateParam = None,
-        has_text: Annotated[bool | None, Query()] = None,
-        min_faces: Annotated[int | None, Query(ge=0, le=1000)] = None,
-        max_faces: Annotated[int | None, Query(ge=0, le=1000)] = None,
-        facets: Annotated[str | None, Query(max_length=100, description="format,labels,camera,year")] = None,
         sort: Annotated[SortParam, Query()] = "relevance",
-        size: Annotated[int, Query(ge=1, le=100)] = 20,
-        cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_LENGTH)] = None,
     ) -> dict[str, Any]:
-        filters = Filters(
-            formats=tuple(f.lower() for f in split_list(format, name="format")),
-            labels=tuple(label.lower() for label in split_list(labels, name="labels")),
-            cameras=split_list(camera, name="camera"),
-            min_width=min_width,
-            max_width=max_width,
-            min_height=min_height,
-            max_height=max_height,
-            min_bytes=min_bytes,
-            max_bytes=max_bytes,
-            taken_after=_date(taken_after, "taken_after"),
-            taken_before=_date(taken_before, "taken_before", end=True),
-            uploaded_after=_date(uploaded_after, "uploaded_after"),
-            uploaded_before=_date(uploaded_before, "uploaded_before", end=True),
-            has_text=has_text,
-            min_faces=min_faces,
-            max_faces=max_faces,
-        )
-        request = SearchRequest(
-            q=q, filters=filters, facets=parse_facets(facets), size=size, cursor=cursor, sort=sort
-        )
-        return service().search(request)
+        return service().search(params.to_request(tenant(), q=q, sort=sort))
 
     @app.get("/images/<image_id>")
-    def image(image_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> dict[str, Any]:
-        return service().image(image_id)
+    def image(image_id: ImageId) -> dict[str, Any]:
+        return service().image(image_id, tenant())
+
+    @app.delete("/images/<image_id>")
+    def delete_image(image_id: ImageId) -> Response[str]:
+        """Deletes the original; the remove function then deletes the derivatives and the document."""
+        doc = service().document(image_id, tenant())
+        runtime.store.delete(doc["bucket"], doc["key"])
+        return _json(202, {"id": image_id, "status": "deleting"})
+
+    @app.get("/images/<image_id>/similar")
+    def similar(
+        image_id: ImageId,
+        params: Annotated[FilterParams, Query()],
+        min_similarity: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+    ) -> dict[str, Any]:
+        request = params.to_request(tenant())
+        return service().similar(image_id, tenant(), request, min_similarity=min_similarity)
+
+    @app.get("/images/<image_id>/duplicates")
+    def duplicates(
+        image_id: ImageId,
+        max_distance: Annotated[int, Query(ge=0, le=MAX_HAMMING_RADIUS, description="Hamming radius")] = 8,
+        size: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        return service().duplicates(image_id, tenant(), max_distance, size)
+
+    @app.post("/uploads")
+    def uploads(request: Annotated[UploadRequest, Body()]) -> Response[str]:
+        """A presigned POST: the client uploads straight to the originals bucket within the policy's limits."""
+        if request.content_type not in UPLOAD_TYPES:
+            raise InvalidRequestError(f"content_type: expected one of {', '.join(UPLOAD_TYPES)}",
+                                      field="content_type")
+        who = tenant()
+        # A fresh folder per upload: names never collide, and the key cannot escape the tenant's prefix.
+        prefix = f"{who}/" if settings.multi_tenant else ""
+        key = f"{prefix}uploads/{uuid.uuid4().hex}/{request.filename}"
+        post = runtime.store.presigned_post(
+            settings.originals_bucket, key, content_type=request.content_type,
+            max_bytes=settings.max_upload_bytes, ttl_seconds=settings.presign_ttl_seconds,
+        )
+        return _json(201, {
+            "id": document_id(settings.originals_bucket, key), "key": key, "method": "POST", **post,
+            "max_bytes": settings.max_upload_bytes, "expires_in": settings.presign_ttl_seconds,
+        })
+
+    @app.get("/stats")
+    def stats() -> dict[str, Any]:
+        return {**service().stats(tenant()), "version": __version__}
 
     return app
-
-
-def _date(raw: str | None, name: str, *, end: bool = False) -> str | None:
-    """Accept a date or a date-time; a bare date as an upper bound means the end of that day."""
-    if raw is None:
-        return None
-    try:
-        if len(raw) == 10:
-            day = datetime.fromisoformat(raw)
-            return f"{raw}T23:59:59+00:00" if end else f"{day.date().isoformat()}T00:00:00+00:00"
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequestError(f"{name}: {raw!r} is not an ISO 8601 date", field=name) from None
-    if parsed.tzinfo is None:
-        raise InvalidRequestError(f"{name}: give a time zone (e.g. Z) with a date-time", field=name)
-    return parsed.isoformat()
 
 
 def create_lambda_handler(runtime: Runtime) -> Any:
@@ -137,3 +206,24 @@ def create_lambda_handler(runtime: Runtime) -> Any:
         return app.resolve(event, context)
 
     return lambda_handler
+
+
+def _json(status: int, body: Any) -> Response[str]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
+                    body=json.dumps(body, default=str))
+
+
+def _date(raw: str | None, name: str, *, end: bool = False) -> str | None:
+    """Accept a date or a date-time; a bare date as an upper bound means the end of that day."""
+    if raw is None:
+        return None
+    try:
+        if len(raw) == 10:
+            day = datetime.fromisoformat(raw).date().isoformat()
+            return f"{day}T23:59:59+00:00" if end else f"{day}T00:00:00+00:00"
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(f"{name}: {raw!r} is not an ISO 8601 date", field=name) from None
+    if parsed.tzinfo is None:
+        raise InvalidRequestError(f"{name}: give a time zone (e.g. Z) with a date-time", field=name)
+    return parsed.isoformat()

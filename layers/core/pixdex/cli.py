@@ -193,8 +193,9 @@ def _upload_and_wait(files: Sequence[Path], state: dict[str, Any], *, prefix: st
                      keys: Sequence[str] | None = None, wait: bool = True) -> int:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=state["aws_endpoint"], region_name="us-east-1",
-                      aws_access_key_id="local", aws_secret_access_key="local")
+    from pixdex.local.stack import LOCAL_CREDENTIALS
+
+    s3 = boto3.client("s3", endpoint_url=state["aws_endpoint"], region_name="us-east-1", **LOCAL_CREDENTIALS)
     uploaded: list[str] = []
     for i, f in enumerate(files):
         key = prefix + (keys[i] if keys else f.name)

@@ -45,6 +45,16 @@ class NotFoundError(PixdexError):
     http_status = 404
 
 
+class UnauthorizedError(PixdexError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(PixdexError):
+    code = "forbidden"
+    http_status = 403
+
+
 class InvalidRequestError(PixdexError):
     code = "invalid_request"
     http_status = 422

@@ -8,7 +8,6 @@ redelivered event changes nothing and an older event never overwrites a newer st
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,6 +113,7 @@ class Pipeline:
             version_id=resolved.head.version_id,
             sequencer=event.sequencer,
             uploaded_at=_iso(event.time) or resolved.head.last_modified,
+            tenant=self.settings.tenant_of_key(resolved.key),
         )
         state: dict[str, Any] = {
             "etag": resolved.head.etag,
@@ -155,7 +155,7 @@ class Pipeline:
         made = derivs.make_derivatives(decoded, dset)
         out: dict[str, Any] = {}
         for d in made:
-            key = f"{resolved.doc_id}/{d.name}.{_EXTENSIONS.get(d.format, d.format)}"
+            key = f"{resolved.doc_id}/{d.name}.{d.extension}"
             self.store.put(
                 self.settings.derivatives_bucket,
                 key,
@@ -164,34 +164,14 @@ class Pipeline:
                 metadata={"source-etag": resolved.head.etag},
                 cache_control="public, max-age=31536000, immutable",
             )
-            out[d.name] = {
-                "key": key,
-                "format": d.format,
-                "content_type": d.content_type,
-                "bytes": d.bytes,
-                "width": d.width,
-                "height": d.height,
-                "lossless": d.lossless,
-                "quality": d.quality,
-            }
-        source_bytes = len(data)
-        largest = max((d.bytes for d in made), default=source_bytes)
-        return {
-            "derivatives": out,
-            "compression": {
-                "source_bytes": source_bytes,
-                "derivative_bytes": sum(d.bytes for d in made),
-                # Serving the preview instead of the original is what saves bytes for viewers.
-                "saved_bytes": max(source_bytes - largest, 0),
-                "ratio": round(largest / source_bytes, 4) if source_bytes else None,
-            },
-        }
+            out[d.name] = {"key": key, **d.to_dict()}
+        return {"derivatives": out, "compression": derivs.summarise(len(data), made).to_dict()}
 
     def _analyze_fields(self, data: bytes, resolved: Resolved) -> dict[str, Any]:
         decoded = imaging.decode(data, self.settings.limits, target_size=_ANALYZE_DECODE_SIZE)
         fields: dict[str, Any] = {
             "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": hashing.sha256_hex(data),
             "format": decoded.format,
             "mode": decoded.mode,
             "width": decoded.width,
@@ -201,9 +181,6 @@ class Pipeline:
         }
         fields.update(exif_fields.extract_exif(decoded.exif, store_gps=self.settings.store_gps))
         return fields
-
-
-_EXTENSIONS = {"jpeg": "jpg"}
 
 
 def _is_stale(event: ObjectEvent, head: ObjectHead) -> bool:

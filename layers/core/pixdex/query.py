@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pixdex.document import DEFAULT_TENANT
 from pixdex.errors import InvalidRequestError, NotFoundError
 from pixdex.index.base import (
     FACET_NAMES,
@@ -15,6 +16,7 @@ from pixdex.index.base import (
     SearchQuery,
     SearchResult,
     SortOrder,
+    VectorQuery,
 )
 from pixdex.settings import Settings
 from pixdex.storage import ObjectStore
@@ -61,7 +63,7 @@ def parse_facets(raw: str | None) -> tuple[FacetName, ...]:
         raise InvalidRequestError(
             f"facets: unknown facet {unknown[0]!r}; expected any of {', '.join(FACET_NAMES)}", field="facets"
         )
-    return tuple(n for n in FACET_NAMES if n in names)  # type: ignore[misc]
+    return tuple(n for n in FACET_NAMES if n in names)
 
 
 class SearchService:
@@ -76,15 +78,67 @@ class SearchService:
         result = self.index.search(request.to_query())
         return self._shape(result)
 
-    def image(self, doc_id: str) -> dict[str, Any]:
+    def document(self, doc_id: str, tenant: str) -> dict[str, Any]:
+        """The stored document, or 404 — also for another tenant's id, which must look exactly like absence."""
         doc = self.index.get(doc_id)
-        if doc is None:
+        if doc is None or doc.get("tenant", DEFAULT_TENANT) != tenant:
             raise NotFoundError(f"no image with id {doc_id!r}", id=doc_id)
+        return doc
+
+    def image(self, doc_id: str, tenant: str) -> dict[str, Any]:
+        doc = self.document(doc_id, tenant)
         out = {"id": doc_id, **doc}
         ttl = self.settings.presign_ttl_seconds
         out["original_url"] = self.store.presigned_get(doc["bucket"], doc["key"], ttl)
         out.update(self._derivative_urls(doc))
         return out
+
+    def similar(self, doc_id: str, tenant: str, request: SearchRequest, field: str = "image_vector",
+                min_similarity: float | None = None) -> dict[str, Any]:
+        self.document(doc_id, tenant)
+        vector = self.index.get_vectors(doc_id).get(field)
+        if vector is None:
+            raise NotFoundError(f"image {doc_id!r} has no {field} (not analysed yet?)", id=doc_id, field=field)
+        filters = replace(request.filters, exclude_ids=(*request.filters.exclude_ids, doc_id))
+        query = SearchQuery(
+            vector=VectorQuery(field=field, vector=vector, k=request.size, min_similarity=min_similarity),
+            filters=filters, facets=request.facets, size=request.size, cursor=request.cursor,
+        )
+        return self._shape(self.index.search(query))
+
+    def duplicates(self, doc_id: str, tenant: str, max_distance: int, size: int) -> dict[str, Any]:
+        """Exact copies (same SHA-256) and near copies (perceptual hash within max_distance bits)."""
+        doc = self.document(doc_id, tenant)
+        exact: list[Hit] = []
+        near: list[Hit] = []
+        scope = Filters(tenant=tenant, exclude_ids=(doc_id,))
+        if doc.get("sha256"):
+            exact = self.index.search(
+                SearchQuery(filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest")
+            ).hits
+        if doc.get("phash"):
+            exact_ids = {h.id for h in exact}
+            near = [h for h in self.index.near_duplicates(doc["phash"], max_distance, scope, size + len(exact))
+                    if h.id not in exact_ids][:size]
+        return {
+            "id": doc_id,
+            "sha256": doc.get("sha256"),
+            "phash": doc.get("phash"),
+            "max_distance": max_distance,
+            "exact": [self._hit(h) for h in exact],
+            "near": [self._hit(h) for h in near],
+        }
+
+    def stats(self, tenant: str) -> dict[str, Any]:
+        scope = Filters(tenant=tenant)
+        result = self.index.search(SearchQuery(filters=scope, facets=("labels", "format", "year"),
+                                               facet_size=50, size=1, sort="newest"))
+        return {
+            "images": result.total,
+            "facets": {name: [{"value": b.value, "count": b.count} for b in buckets]
+                       for name, buckets in result.facets.items()},
+            "index": self.index.stats(),
+        }
 
     def _shape(self, result: SearchResult) -> dict[str, Any]:
         return {

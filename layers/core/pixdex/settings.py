@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from pixdex import constants as env_names
+from pixdex.document import DEFAULT_TENANT
 
 DerivativeFormat = Literal["webp", "jpeg", "png", "avif"]
 DERIVATIVE_FORMATS: tuple[DerivativeFormat, ...] = ("webp", "jpeg", "png", "avif")
@@ -46,6 +47,11 @@ class Settings:
     derivatives: DerivativeSettings = field(default_factory=DerivativeSettings)
     presign_ttl_seconds: int = 900
     store_gps: bool = True
+    # Multi-tenant: the API takes the tenant from the authorizer's JWT claim, object keys start with
+    # "<tenant>/", and every read and write is scoped to it. Single-tenant: everything is DEFAULT_TENANT.
+    multi_tenant: bool = False
+    tenant_claim: str = "custom:tenant"
+    max_upload_bytes: int = 50 * 1024 * 1024
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 
@@ -61,7 +67,7 @@ class Settings:
         derivatives = DerivativeSettings(
             thumbnail_size=_int(env, env_names.THUMBNAIL_SIZE, base.derivatives.thumbnail_size),
             preview_size=_int(env, env_names.PREVIEW_SIZE, base.derivatives.preview_size),
-            format=fmt,  # type: ignore[arg-type]  # checked against DERIVATIVE_FORMATS above
+            format=fmt,  # checked against DERIVATIVE_FORMATS above
             quality=_int(env, env_names.DERIVATIVE_QUALITY, base.derivatives.quality),
             lossless_max_pixels=_int(env, env_names.LOSSLESS_MAX_PIXELS, base.derivatives.lossless_max_pixels),
         )
@@ -80,9 +86,19 @@ class Settings:
             derivatives=derivatives,
             presign_ttl_seconds=_int(env, env_names.PRESIGN_TTL_SECONDS, base.presign_ttl_seconds),
             store_gps=_bool(env, env_names.STORE_GPS, base.store_gps),
+            multi_tenant=_bool(env, env_names.MULTI_TENANT, base.multi_tenant),
+            tenant_claim=env.get(env_names.TENANT_CLAIM, base.tenant_claim),
+            max_upload_bytes=_int(env, env_names.MAX_UPLOAD_BYTES, base.max_upload_bytes),
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
         )
+
+    def tenant_of_key(self, key: str) -> str:
+        """Which tenant an object belongs to: its first key segment when multi-tenant."""
+        if not self.multi_tenant:
+            return DEFAULT_TENANT
+        head, sep, _ = key.partition("/")
+        return head if sep and head else DEFAULT_TENANT
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -104,6 +120,9 @@ class Settings:
             env_names.LOSSLESS_MAX_PIXELS: str(self.derivatives.lossless_max_pixels),
             env_names.PRESIGN_TTL_SECONDS: str(self.presign_ttl_seconds),
             env_names.STORE_GPS: "true" if self.store_gps else "false",
+            env_names.MULTI_TENANT: "true" if self.multi_tenant else "false",
+            env_names.TENANT_CLAIM: self.tenant_claim,
+            env_names.MAX_UPLOAD_BYTES: str(self.max_upload_bytes),
             env_names.AWS_REGION: self.aws_region,
         }
         if self.model_dir is not None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,6 +61,9 @@ class ObjectStore(Protocol):
     def delete_prefix(self, bucket: str, prefix: str) -> int: ...
 
     def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str: ...
+
+    def presigned_post(self, bucket: str, key: str, *, content_type: str, max_bytes: int,
+                       ttl_seconds: int) -> dict[str, Any]: ...
 
 
 class S3Store:
@@ -147,7 +150,7 @@ class S3Store:
         try:
             paginator = self._s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                keys: list[Any] = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
                     self._s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
                     deleted += len(keys)
@@ -159,6 +162,19 @@ class S3Store:
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_seconds
         )
+
+    def presigned_post(self, bucket: str, key: str, *, content_type: str, max_bytes: int,
+                       ttl_seconds: int) -> dict[str, Any]:
+        """A browser-style POST policy: S3 itself enforces the key, content type and size range, so large
+        images go straight to the bucket and never through API Gateway."""
+        post = self._s3.generate_presigned_post(
+            Bucket=bucket,
+            Key=key,
+            Fields={"Content-Type": content_type},
+            Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, max_bytes]],
+            ExpiresIn=ttl_seconds,
+        )
+        return {"url": post["url"], "fields": post["fields"]}
 
     def _require_head(self, bucket: str, key: str) -> ObjectHead:
         head = self.head(bucket, key)
@@ -225,6 +241,10 @@ class FolderStore:
 
     def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str:
         return self._path(bucket, key).resolve().as_uri()
+
+    def presigned_post(self, bucket: str, key: str, *, content_type: str, max_bytes: int,
+                       ttl_seconds: int) -> dict[str, Any]:
+        raise NotImplementedError("a folder store takes files directly: use `pixdex ingest --in-process`")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

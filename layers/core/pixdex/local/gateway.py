@@ -107,7 +107,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: Gateway
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self) -> None:

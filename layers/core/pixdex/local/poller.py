@@ -81,7 +81,7 @@ class QueuePoller(threading.Thread):
                 )
         return len(messages)
 
-    def _record(self, m: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, m: Any) -> dict[str, Any]:
         return {
             "messageId": m["MessageId"],
             "receiptHandle": m["ReceiptHandle"],

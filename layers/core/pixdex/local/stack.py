@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pixdex.local")
 
-LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+LOCAL_CREDENTIALS: dict[str, Any] = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 MIRROR_QUEUE = "pixdex-local-mirror"
 
 
@@ -141,7 +141,8 @@ class LocalStack:
         self.options = options
         self.data_dir = options.data_dir.resolve()
         self.template = (options.template or find_template()).resolve()
-        params = {}
+        # Local names differ from a deployed stack's, so local state never looks like a real account's.
+        params = {"NamePrefix": "pixdex-local"}
         if options.max_receive_count is not None:
             params["MaxReceiveCount"] = str(options.max_receive_count)
         self.spec: StackSpec = read_stack(self.template, region=options.region, parameters=params)
@@ -197,8 +198,11 @@ class LocalStack:
         return env
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.options.region,
-                            config=Config(retries={"mode": "standard"}), **LOCAL_CREDENTIALS)
+        # The stubs type each service name separately; this helper serves several.
+        return boto3.client(  # type: ignore[call-overload]
+            service, endpoint_url=self.aws_endpoint, region_name=self.options.region,
+            config=Config(retries={"mode": "standard"}), **LOCAL_CREDENTIALS,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -252,7 +256,7 @@ class LocalStack:
         # Dead-letter queues first: a redrive policy must name an existing queue.
         ordered = sorted(self.spec.queues.values(), key=lambda q: q.dead_letter is not None)
         for q in ordered:
-            attrs = {"VisibilityTimeout": str(q.visibility_timeout)}
+            attrs: dict[Any, str] = {"VisibilityTimeout": str(q.visibility_timeout)}
             if q.dead_letter is not None:
                 dlq = self.spec.queues[q.dead_letter]
                 attrs["RedrivePolicy"] = json.dumps(

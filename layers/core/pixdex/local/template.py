@@ -23,30 +23,23 @@ class CfnLoader(yaml.SafeLoader):
     """SafeLoader that turns CloudFormation short tags (!Sub, !Ref, ...) into their long form."""
 
 
-_SHORT_TAGS = ("Base64", "Cidr", "Equals", "FindInMap", "GetAZs", "If", "ImportValue", "Join", "Not",
-               "And", "Or", "Select", "Split", "Sub", "Transform", "Condition")
+def _construct(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    """Any short tag !X becomes {"Fn::X": value} (!Ref and !Condition keep their names), as CloudFormation
+    reads them; the tag set grows over time, so none is listed."""
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if tag_suffix in ("Ref", "Condition"):
+        return {tag_suffix: value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
 
 
-def _construct(tag: str):  # type: ignore[no-untyped-def]
-    def build(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-        if tag == "Ref" or tag == "Condition":
-            return {tag: value}
-        if tag == "GetAtt" and isinstance(value, str):
-            value = value.split(".", 1)
-        return {"Fn::" + tag if tag != "Condition" else tag: value}
-
-    return build
-
-
-for _tag in (*_SHORT_TAGS, "GetAtt"):
-    CfnLoader.add_constructor("!" + _tag, _construct(_tag))
-CfnLoader.add_constructor("!Ref", _construct("Ref"))
+CfnLoader.add_multi_constructor("!", _construct)
 
 
 def load_template(path: Path) -> dict[str, Any]:

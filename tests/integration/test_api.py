@@ -1,0 +1,162 @@
+"""The query API through the real resolver, moto's S3 and the embedded index: validation, tenancy, routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from pixdex.api import create_app
+from pixdex.document import document_id
+from pixdex.runtime import Runtime
+from pixdex.settings import Settings
+
+ORIGINALS, DERIVATIVES = "originals", "derivatives"
+
+
+def event(method: str, path: str, query: dict[str, str] | None = None, body: Any = None,
+          claims: dict[str, str] | None = None) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        "version": "2.0", "routeKey": "$default", "rawPath": path,
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"http": {"method": method, "path": path, "sourceIp": "192.0.2.1"},
+                           "requestId": "r", "stage": "$default"},
+        "isBase64Encoded": False,
+    }
+    if query:
+        ev["queryStringParameters"] = query
+    if body is not None:
+        ev["body"] = json.dumps(body)
+    if claims is not None:
+        ev["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
+    return ev
+
+
+class Api:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.app = create_app(runtime)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        resp = self.app.resolve(event(*args, **kwargs), None)
+        return resp["statusCode"], json.loads(resp["body"]) if resp.get("body") else None
+
+
+def _doc(key: str, tenant: str = "default", **fields: Any) -> tuple[str, dict[str, Any]]:
+    base = {"bucket": ORIGINALS, "key": key, "name": key.rsplit("/", 1)[-1], "tenant": tenant,
+            "name_text": key.replace("/", " ").rsplit(".", 1)[0], "uploaded_at": "2026-01-01T00:00:00+00:00",
+            "format": "jpeg", "width": 100, "height": 100, "bytes": 1000}
+    return document_id(ORIGINALS, key), {**base, **fields}
+
+
+@pytest.fixture
+def api(tmp_path: Path, aws_env: dict[str, str]) -> Iterator[Api]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=ORIGINALS)
+        s3.create_bucket(Bucket=DERIVATIVES)
+        settings = Settings(originals_bucket=ORIGINALS, derivatives_bucket=DERIVATIVES,
+                            index_url=f"sqlite:///{tmp_path / 'index.db'}", multi_tenant=True)
+        yield Api(Runtime(settings))
+
+
+ALICE = {"custom:tenant": "alice"}
+
+
+def test_validation_errors_name_the_field(api: Api) -> None:
+    for query, field in (({"size": "0"}, "size"), ({"size": "abc"}, "size"), ({"sort": "random"}, "sort"),
+                         ({"q": "x" * 600}, "q"), ({"min_width": "-5"}, "min_width"),
+                         ({"facets": "colour"}, "facets"), ({"taken_after": "yesterday"}, "taken_after"),
+                         ({"has_text": "perhaps"}, "has_text")):
+        status, body = api("GET", "/search", query, claims=ALICE)
+        assert status == 422, query
+        assert body["error"] == "invalid_request"
+        assert field in json.dumps(body), (query, body)
+    assert api("GET", "/images/not%20an%20id!", claims=ALICE)[0] == 422
+    assert api("GET", "/images/AAAAAAAAAAAAAAAAAAAAAAAA/duplicates", {"max_distance": "64"}, claims=ALICE)[0] == 422
+    assert api("POST", "/uploads", body={"filename": "../x.exe", "content_type": "image/png"}, claims=ALICE)[0] == 422
+    assert api("POST", "/uploads", body={"filename": "x.pdf", "content_type": "application/pdf"},
+               claims=ALICE)[0] == 422
+
+
+def test_tenants_are_isolated(api: Api) -> None:
+    index = api.runtime.index
+    a_id, a = _doc("alice/cat.jpg", tenant="alice")
+    b_id, b = _doc("bob/cat.jpg", tenant="bob")
+    index.upsert(a_id, a)
+    index.upsert(b_id, b)
+    status, body = api("GET", "/search", {"q": "cat"}, claims=ALICE)
+    assert status == 200 and [h["id"] for h in body["hits"]] == [a_id]
+    assert api("GET", f"/images/{a_id}", claims=ALICE)[0] == 200
+    assert api("GET", f"/images/{b_id}", claims=ALICE)[0] == 404     # another tenant's id looks absent
+    assert api("DELETE", f"/images/{b_id}", claims=ALICE)[0] == 404
+    assert api("GET", "/search", {"q": "cat"})[0] == 403             # no authorizer context
+    assert api("GET", "/search", {"q": "cat"}, claims={"sub": "u1"})[0] == 403
+    assert api("GET", "/stats", claims={"custom:tenant": "bob"})[1]["images"] == 1
+
+
+def test_duplicates_exact_and_near(api: Api) -> None:
+    index = api.runtime.index
+    docs = {
+        "alice/a.jpg": {"sha256": "aa" * 32, "phash": "f0f0f0f0f0f0f0f0"},
+        "alice/a-copy.jpg": {"sha256": "aa" * 32, "phash": "f0f0f0f0f0f0f0f0"},
+        "alice/a-small.jpg": {"sha256": "bb" * 32, "phash": "f0f0f0f0f0f0f0f3"},   # 2 bits away
+        "alice/other.jpg": {"sha256": "cc" * 32, "phash": "0f0f0f0f0f0f0f0f"},     # 64 bits away
+        "bob/a.jpg": {"sha256": "aa" * 32, "phash": "f0f0f0f0f0f0f0f0"},           # other tenant
+    }
+    for key, fields in docs.items():
+        doc_id, doc = _doc(key, tenant=key.split("/")[0], **fields)
+        index.upsert(doc_id, doc)
+    status, body = api("GET", f"/images/{document_id(ORIGINALS, 'alice/a.jpg')}/duplicates", claims=ALICE)
+    assert status == 200
+    assert [h["key"] for h in body["exact"]] == ["alice/a-copy.jpg"]
+    assert [(h["key"], h["distance"]) for h in body["near"]] == [("alice/a-small.jpg", 2)]
+
+
+def test_similar_uses_the_image_vector(api: Api) -> None:
+    index = api.runtime.index
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=1280).astype(np.float32)
+    for i, noise in enumerate((0.0, 0.1, 5.0)):
+        doc_id, doc = _doc(f"alice/{i}.jpg", tenant="alice")
+        index.upsert(doc_id, {**doc, "image_vector": base + noise * rng.normal(size=1280).astype(np.float32)})
+    status, body = api("GET", f"/images/{document_id(ORIGINALS, 'alice/0.jpg')}/similar", {"size": "5"},
+                       claims=ALICE)
+    assert status == 200
+    assert [h["key"] for h in body["hits"]] == ["alice/1.jpg", "alice/2.jpg"]
+    assert body["hits"][0]["score"] > body["hits"][1]["score"]
+    no_vec_id, no_vec = _doc("alice/new.jpg", tenant="alice")
+    index.upsert(no_vec_id, no_vec)
+    assert api("GET", f"/images/{no_vec_id}/similar", claims=ALICE)[0] == 404
+
+
+def test_uploads_and_delete(api: Api) -> None:
+    status, body = api("POST", "/uploads", body={"filename": "Beach Day.jpg", "content_type": "image/jpeg"},
+                       claims=ALICE)
+    assert status == 201
+    assert body["key"].startswith("alice/uploads/") and body["key"].endswith("/Beach Day.jpg")
+    assert body["fields"]["key"] == body["key"] and body["fields"]["Content-Type"] == "image/jpeg"
+    assert "policy" in {k.lower() for k in body["fields"]}
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.put_object(Bucket=ORIGINALS, Key=body["key"], Body=b"x")
+    doc_id, doc = _doc(body["key"], tenant="alice")
+    api.runtime.index.upsert(doc_id, doc)
+    assert api("DELETE", f"/images/{doc_id}", claims=ALICE) == (202, {"id": doc_id, "status": "deleting"})
+    assert s3.list_objects_v2(Bucket=ORIGINALS).get("KeyCount") == 0
+
+
+def test_openapi_documents_every_route(api: Api) -> None:
+    status, spec = api("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    for path in ("/search", "/images/{image_id}", "/images/{image_id}/similar", "/images/{image_id}/duplicates",
+                 "/uploads", "/stats", "/health"):
+        assert path in spec["paths"], path
+    names = {p["name"] for p in spec["paths"]["/search"]["get"]["parameters"]}
+    assert {"q", "format", "labels", "size", "cursor", "facets", "sort", "taken_after"} <= names
