@@ -133,7 +133,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 print("demo: no sample photos found (pip install scikit-image)", file=sys.stderr)
             else:
                 n = _upload_and_wait(files, state, prefix="demo/", timeout=300.0)
-                print(f"demo: {n} sample images ingested; try: pixdex search cat --api {stack.api_url}", flush=True)
+                print(f"demo: {n} sample images ingested; try: curl '{stack.api_url}/search?q=coffee'", flush=True)
         print("ready; Ctrl-C stops", flush=True)
         stopping.wait()
     finally:
