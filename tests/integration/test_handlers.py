@@ -132,7 +132,8 @@ def test_query_sample_events(aws: Any, aws_env: dict[str, str]) -> None:
     search = query(sample("query-search.json"), CTX)
     assert search["statusCode"] == 200
     body = json.loads(search["body"])
-    assert set(body) == {"hits", "total", "facets", "next_cursor"}
+    assert set(body) == {"hits", "total", "facets", "next_cursor", "mode"}
+    assert body["mode"] == "keyword"  # no text model is wired into this runtime
     assert [h["key"] for h in body["hits"]] == []  # "cat" matches no words of this document yet
     openapi = json.loads(query(sample("query-openapi.json"), CTX)["body"])
     assert "/search" in openapi["paths"] and "/images/{image_id}" in openapi["paths"]

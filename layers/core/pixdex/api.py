@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp
                 "image/heic", "image/heif", "image/avif")
 
 SortParam = Literal["relevance", "newest", "oldest"]
+ModeParam = Literal["keyword", "semantic", "hybrid"]
 ImageId = Annotated[str, Path(pattern=ID_PATTERN, description="image id")]
 _Count = Field(None, ge=0, le=10**12)
 _Date = Field(None, max_length=40, description="ISO 8601 date, or date-time with a zone")
@@ -97,7 +99,7 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
 
     def service() -> SearchService:
         # Built on first use so a cold start that only answers /health never opens the index.
-        return SearchService(runtime.settings, runtime.index, runtime.store)
+        return SearchService(runtime.settings, runtime.index, runtime.store, runtime.embedder)
 
     def tenant() -> str:
         """The caller's tenant, from the JWT authorizer's claims (or a Lambda authorizer's context)."""
@@ -139,9 +141,13 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
     def search(
         params: Annotated[FilterParams, Query()],
         q: Annotated[str | None, Query(max_length=MAX_QUERY_LENGTH, description="keywords")] = None,
+        mode: Annotated[ModeParam, Query(description="keyword (BM25), semantic (vectors) or both fused")] = "hybrid",
         sort: Annotated[SortParam, Query()] = "relevance",
+        min_score: Annotated[float | None, Query(ge=-1.0, le=1000.0, description=(
+            "keyword: lowest BM25 score; semantic and hybrid: lowest cosine similarity"))] = None,
     ) -> dict[str, Any]:
-        return service().search(params.to_request(tenant(), q=q, sort=sort))
+        request = replace(params.to_request(tenant(), q=q, sort=sort), mode=mode, min_score=min_score)
+        return service().search(request)
 
     @app.get("/images/<image_id>")
     def image(image_id: ImageId) -> dict[str, Any]:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from pixdex.document import DEFAULT_TENANT
 from pixdex.errors import InvalidRequestError, NotFoundError
@@ -22,6 +31,18 @@ from pixdex.settings import Settings
 from pixdex.storage import ObjectStore
 
 MAX_LIST_ITEMS = 20
+# Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very first ranks.
+RRF_K = 60
+# Hybrid pages are cut from the fused list of this many candidates per side, at most.
+MAX_HYBRID_DEPTH = 1000
+
+SearchMode = Literal["keyword", "semantic", "hybrid"]
+
+
+class QueryEmbedder(Protocol):
+    def embed_query(self, text: str) -> dict[str, npt.NDArray[np.float32]]:
+        """Vectors for a text query, by the document vector field they live beside."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,12 @@ class SearchRequest:
     size: int = 20
     cursor: str | None = None
     sort: SortOrder = "relevance"
+    mode: SearchMode = "hybrid"
+    min_score: float | None = None
+
+    @property
+    def text(self) -> str | None:
+        return (self.q or "").strip() or None
 
     def to_query(self) -> SearchQuery:
         text = self.q.strip() if self.q else None
@@ -44,6 +71,61 @@ class SearchRequest:
             # Without words there is no relevance to rank by; newest first is what people expect.
             sort=self.sort if text or self.sort != "relevance" else "newest",
         )
+
+
+def fuse_rrf(rankings: list[list[Hit]], weights: tuple[float, ...]) -> list[tuple[Hit, list[str]]]:
+    """Reciprocal rank fusion: score = sum of weight / (RRF_K + rank). Ties break on id for determinism."""
+    scores: dict[str, float] = {}
+    first: dict[str, Hit] = {}
+    sources: dict[str, list[str]] = {}
+    for hits, weight in zip(rankings, weights, strict=True):
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (RRF_K + rank)
+            first.setdefault(hit.id, hit)
+            sources.setdefault(hit.id, []).append(hit.source)
+    order = sorted(scores, key=lambda i: (-scores[i], i))
+    return [(replace(first[i], score=round(scores[i], 6)), sources[i]) for i in order]
+
+
+@dataclass(frozen=True)
+class HybridCursor:
+    """Offset into the fused list, the page-1 instant that pins the candidate set, and the query's shape."""
+
+    shape: str
+    offset: int
+    as_of: str
+
+    @staticmethod
+    def _shape_of(text: str, request: SearchRequest) -> str:
+        canonical = json.dumps({"q": text, "f": dataclasses.asdict(request.filters), "m": "hybrid"},
+                               sort_keys=True, default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    @classmethod
+    def first(cls, text: str, request: SearchRequest) -> HybridCursor:
+        return cls(cls._shape_of(text, request), 0, datetime.now(UTC).isoformat(timespec="microseconds"))
+
+    @classmethod
+    def decode(cls, raw: str, text: str, request: SearchRequest) -> HybridCursor:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            cursor = cls(str(data["s"]), int(data["o"]), str(data["t"]))
+            datetime.fromisoformat(cursor.as_of)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise InvalidRequestError("cursor: not a cursor pixdex issued", field="cursor") from None
+        if cursor.shape != cls._shape_of(text, request) or not 0 <= cursor.offset < MAX_HYBRID_DEPTH:
+            raise InvalidRequestError("cursor: it belongs to another query", field="cursor")
+        return cursor
+
+    def encode(self) -> str:
+        raw = json.dumps({"s": self.shape, "o": self.offset, "t": self.as_of}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _earliest(a: str | None, b: str) -> str:
+    if a is None:
+        return b
+    return a if datetime.fromisoformat(a) <= datetime.fromisoformat(b) else b
 
 
 def split_list(raw: str | None, *, name: str) -> tuple[str, ...]:
@@ -69,14 +151,65 @@ def parse_facets(raw: str | None) -> tuple[FacetName, ...]:
 class SearchService:
     """The read side of the API, shared by every route and every backend."""
 
-    def __init__(self, settings: Settings, index: ImageIndex, store: ObjectStore) -> None:
+    def __init__(self, settings: Settings, index: ImageIndex, store: ObjectStore,
+                 embedder: QueryEmbedder | None = None) -> None:
         self.settings = settings
         self.index = index
         self.store = store
+        self.embedder = embedder
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
-        result = self.index.search(request.to_query())
-        return self._shape(result)
+        """Keyword (BM25), semantic (query text embedded beside the documents' vectors) or hybrid (both,
+        fused by reciprocal rank). Without text it is a filtered listing whatever the mode."""
+        text = request.text
+        if text is None or request.mode == "keyword" or self.embedder is None:
+            mode: SearchMode = "keyword" if text else request.mode
+            result = self.index.search(request.to_query())
+            hits = result.hits
+            if text and request.min_score is not None:
+                hits = [h for h in hits if h.score >= request.min_score]
+            return {**self._shape(replace(result, hits=hits)), "mode": mode}
+        vector_query = self._vector_query(text, request)
+        if request.mode == "semantic":
+            query = SearchQuery(vector=vector_query, filters=request.filters, facets=request.facets,
+                                size=request.size, cursor=request.cursor)
+            return {**self._shape(self.index.search(query)), "mode": "semantic"}
+        return {**self._hybrid(text, vector_query, request), "mode": "hybrid"}
+
+    def _vector_query(self, text: str, request: SearchRequest) -> VectorQuery:
+        assert self.embedder is not None
+        vectors = self.embedder.embed_query(text)
+        # A joint image-text model (CLIP) compares the query with pixels directly; prefer it when present.
+        field_name = "clip_vector" if "clip_vector" in vectors and self._has_field("clip_vector") else "caption_vector"
+        return VectorQuery(field=field_name, vector=vectors[field_name], k=request.size,
+                           min_similarity=request.min_score)
+
+    def _has_field(self, name: str) -> bool:
+        counts = self.index.stats().get("vectors", {})
+        entry = counts.get(name) if isinstance(counts, dict) else None
+        return bool(entry and (entry.get("count") if isinstance(entry, dict) else entry))
+
+    def _hybrid(self, text: str, vector_query: VectorQuery, request: SearchRequest) -> dict[str, Any]:
+        state = HybridCursor.decode(request.cursor, text, request) if request.cursor else HybridCursor.first(
+            text, request)
+        # Later pages only see documents that existed at page 1, so paging is stable while uploads go on.
+        filters = replace(request.filters, uploaded_before=_earliest(request.filters.uploaded_before, state.as_of))
+        depth = min(state.offset + request.size, MAX_HYBRID_DEPTH)
+        keyword = self.index.search(SearchQuery(text=text, filters=filters, facets=request.facets,
+                                                size=depth, sort="relevance"))
+        semantic = self.index.search(SearchQuery(vector=replace(vector_query, k=depth), filters=filters,
+                                                 size=depth))
+        fused = fuse_rrf([keyword.hits, semantic.hits],
+                         weights=(self.settings.hybrid_keyword_weight, self.settings.hybrid_vector_weight))
+        page = fused[state.offset:state.offset + request.size]
+        end = state.offset + len(page)
+        more = len(fused) > end and end < MAX_HYBRID_DEPTH
+        out = self._shape(SearchResult(hits=[h for h, _ in page], total=max(keyword.total, len(fused)),
+                                       facets=keyword.facets))
+        for shaped, (_, sources) in zip(out["hits"], page, strict=True):
+            shaped["source"] = "+".join(sources)
+        out["next_cursor"] = replace(state, offset=end).encode() if more else None
+        return out
 
     def document(self, doc_id: str, tenant: str) -> dict[str, Any]:
         """The stored document, or 404 — also for another tenant's id, which must look exactly like absence."""

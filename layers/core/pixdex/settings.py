@@ -52,6 +52,9 @@ class Settings:
     multi_tenant: bool = False
     tenant_claim: str = "custom:tenant"
     max_upload_bytes: int = 50 * 1024 * 1024
+    # Reciprocal-rank-fusion weights of the keyword and vector rankings in hybrid search.
+    hybrid_keyword_weight: float = 1.0
+    hybrid_vector_weight: float = 1.0
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 
@@ -89,6 +92,8 @@ class Settings:
             multi_tenant=_bool(env, env_names.MULTI_TENANT, base.multi_tenant),
             tenant_claim=env.get(env_names.TENANT_CLAIM, base.tenant_claim),
             max_upload_bytes=_int(env, env_names.MAX_UPLOAD_BYTES, base.max_upload_bytes),
+            hybrid_keyword_weight=_float(env, env_names.HYBRID_KEYWORD_WEIGHT, base.hybrid_keyword_weight),
+            hybrid_vector_weight=_float(env, env_names.HYBRID_VECTOR_WEIGHT, base.hybrid_vector_weight),
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
         )
@@ -123,6 +128,8 @@ class Settings:
             env_names.MULTI_TENANT: "true" if self.multi_tenant else "false",
             env_names.TENANT_CLAIM: self.tenant_claim,
             env_names.MAX_UPLOAD_BYTES: str(self.max_upload_bytes),
+            env_names.HYBRID_KEYWORD_WEIGHT: repr(self.hybrid_keyword_weight),
+            env_names.HYBRID_VECTOR_WEIGHT: repr(self.hybrid_vector_weight),
             env_names.AWS_REGION: self.aws_region,
         }
         if self.model_dir is not None:
@@ -142,6 +149,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r}: expected an integer") from None
     if value <= 0:
         raise ValueError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"{name}={raw!r}: must be zero or positive")
     return value
 
 
