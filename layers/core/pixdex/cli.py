@@ -87,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks; results go to docs/benchmarks.md")
     bench_sub = bench.add_subparsers(dest="bench_command")
     from pixdex.bench import compress as bench_compress
+    from pixdex.bench import query as bench_query
 
     bc = bench_sub.add_parser("compress", help="derivative throughput and bytes saved")
     bench_compress.add_arguments(bc)
     bc.set_defaults(func=bench_compress.run)
+    bq = bench_sub.add_parser("query", help="query latency through the handler at growing index sizes")
+    bench_query.add_arguments(bq)
+    bq.set_defaults(func=bench_query.run)
     return p
 
 

@@ -12,7 +12,7 @@ from pixdex.index.base import ImageIndex
 from pixdex.pipeline import Pipeline
 from pixdex.query import QueryEmbedder
 from pixdex.settings import Settings
-from pixdex.storage import ObjectStore, S3Store, s3_client
+from pixdex.storage import ObjectStore, s3_store
 
 
 class Runtime:
@@ -31,7 +31,7 @@ class Runtime:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = S3Store(s3_client(self.settings))
+            self._store = s3_store(self.settings)
         return self._store
 
     @property

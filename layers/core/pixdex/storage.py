@@ -15,6 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pixdex.errors import BackendUnavailableError, NotFoundError
+from pixdex.presign import Credentials, Presigner
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -35,14 +36,29 @@ class ObjectHead:
     last_modified: str | None
 
 
-def s3_client(settings: Settings) -> S3Client:
-    """One client per container: created at module load by the handlers and reused across invocations."""
-    return boto3.client(
+def s3_client(settings: Settings, session: boto3.session.Session | None = None) -> S3Client:
+    """One client per container: created once by the runtime and reused across invocations."""
+    return (session or boto3.session.Session()).client(
         "s3",
         endpoint_url=settings.aws_endpoint_url,
         region_name=settings.aws_region,
         config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
     )
+
+
+def s3_store(settings: Settings) -> S3Store:
+    """An S3Store whose presigned URLs are signed by pixdex.presign from the same credential chain."""
+    session = boto3.session.Session()
+
+    def credentials() -> Credentials:
+        found = session.get_credentials()
+        if found is None:
+            raise BackendUnavailableError("no AWS credentials found to sign URLs with")
+        frozen = found.get_frozen_credentials()  # refreshes expiring role credentials as needed
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    presigner = Presigner(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, credentials=credentials)
+    return S3Store(s3_client(settings, session), presigner=presigner)
 
 
 class ObjectStore(Protocol):
@@ -67,8 +83,9 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    def __init__(self, client: S3Client) -> None:
+    def __init__(self, client: S3Client, *, presigner: Presigner | None = None) -> None:
         self._s3 = client
+        self._presigner = presigner
 
     def head(self, bucket: str, key: str) -> ObjectHead | None:
         """Metadata of an object, or None if it does not exist (deleted since the event was sent)."""
@@ -159,6 +176,8 @@ class S3Store:
         return deleted
 
     def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str:
+        if self._presigner is not None:
+            return self._presigner.url(bucket, key, ttl_seconds)
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_seconds
         )
