@@ -133,7 +133,12 @@ def test_query_sample_events(aws: Any, aws_env: dict[str, str]) -> None:
     assert search["statusCode"] == 200
     body = json.loads(search["body"])
     assert set(body) == {"hits", "total", "facets", "next_cursor", "mode"}
-    assert body["mode"] == "keyword"  # no text model is wired into this runtime
-    assert [h["key"] for h in body["hits"]] == []  # "cat" matches no words of this document yet
+    assert body["mode"] == "hybrid"
+    # Semantic search ranks every document by similarity, so the only document comes back from the
+    # vector side even though no word of it says "cat".
+    assert [h["key"] for h in body["hits"]] == [KEY]
+    assert "vector" in body["hits"][0]["source"]
+    doc = json.loads(query(sample("query-image.json"), CTX)["body"])
+    assert len(doc["labels"]) >= 1 and doc["caption"]
     openapi = json.loads(query(sample("query-openapi.json"), CTX)["body"])
     assert "/search" in openapi["paths"] and "/images/{image_id}" in openapi["paths"]

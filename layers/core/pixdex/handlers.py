@@ -17,7 +17,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pixdex.errors import PixdexError
-from pixdex.events import parse_message
+from pixdex.events import ObjectEvent, parse_message
+from pixdex.pipeline import Outcome
 from pixdex.runtime import Runtime
 
 LambdaHandler = Callable[[dict[str, Any], LambdaContext], PartialItemFailureResponse]
@@ -29,6 +30,24 @@ class StageRecordHandler:
         self.runtime = runtime
         self.logger = logger
         self.metrics = metrics
+        # Precomputed outcomes for a whole batch (see prepare); None: handle records one by one.
+        self._batch: dict[str, list[Outcome | Exception]] | None = None
+
+    def prepare(self, event: dict[str, Any]) -> None:
+        """Run the stage over every event of the SQS batch at once, so the models see one real batch;
+        the per-record calls that follow then only report each record's result."""
+        parsed: dict[str, list[ObjectEvent]] = {}
+        for record in event.get("Records", []):
+            try:
+                parsed[record["messageId"]] = parse_message(record["body"])
+            except PixdexError:
+                continue  # reported by __call__, which parses again
+        flat = [ev for evs in parsed.values() for ev in evs]
+        results = iter(self.runtime.pipeline.analyze_many(flat))
+        self._batch = {mid: [next(results) for _ in evs] for mid, evs in parsed.items()}
+
+    def forget_batch(self) -> None:
+        self._batch = None
 
     def __call__(self, record: SQSRecord) -> None:
         try:
@@ -36,18 +55,22 @@ class StageRecordHandler:
         except PixdexError as exc:
             self._failed(exc, record.message_id, None)
             raise
-        for event in events:
+        done = self._batch.get(record.message_id) if self._batch is not None else None
+        for n, event in enumerate(events):
+            uri = f"s3://{event.bucket}/{event.key}"
             try:
-                outcome = self.runtime.pipeline.handle(self.stage, event)
+                result = done[n] if done is not None else self.runtime.pipeline.handle(self.stage, event)
+                if isinstance(result, Exception):
+                    raise result
             except PixdexError as exc:
-                self._failed(exc, record.message_id, f"s3://{event.bucket}/{event.key}")
+                self._failed(exc, record.message_id, uri)
                 raise
             self.logger.info(
                 "object handled",
-                stage=self.stage, outcome=outcome.value, bucket=event.bucket, key=event.key,
+                stage=self.stage, outcome=result.value, bucket=event.bucket, key=event.key,
                 receive_count=record.attributes.approximate_receive_count,
             )
-            self.metrics.add_metric(name=f"Outcome_{outcome.value}", unit=MetricUnit.Count, value=1)
+            self.metrics.add_metric(name=f"Outcome_{result.value}", unit=MetricUnit.Count, value=1)
 
     def _failed(self, exc: PixdexError, message_id: str, uri: str | None) -> None:
         self.logger.warning(
@@ -71,8 +94,13 @@ def make_sqs_handler(stage: str, runtime: Runtime) -> LambdaHandler:
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-        return process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+        if stage == "analyze":
+            record_handler.prepare(event)
+        try:
+            return process_partial_response(
+                event=event, record_handler=record_handler, processor=processor, context=context
+            )
+        finally:
+            record_handler.forget_batch()
 
     return lambda_handler

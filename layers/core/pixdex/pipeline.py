@@ -8,10 +8,12 @@ redelivered event changes nothing and an older event never overwrites a newer st
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from PIL import Image
 
 from pixdex import derivatives as derivs
 from pixdex import exif as exif_fields
@@ -22,6 +24,9 @@ from pixdex.events import ObjectEvent
 from pixdex.index.base import ImageIndex
 from pixdex.settings import Settings
 from pixdex.storage import ObjectHead, ObjectStore
+
+if TYPE_CHECKING:
+    from pixdex.models.analysis import CaptionContext
 
 
 class Outcome(enum.StrEnum):
@@ -34,9 +39,14 @@ class Outcome(enum.StrEnum):
     RECREATED = "recreated"      # removal event, but the key holds a new object again
 
 
-Stage = str  # "compress" | "analyze"
+class Analyzer(Protocol):
+    """The models' side of analyze (pixdex.models.analysis.ImageAnalyzer)."""
 
-# Hashes and EXIF need only a small decode; models (issue 3) ask for their own input size.
+    def analyze_batch(self, images: Sequence[Image.Image],
+                      context: Sequence[CaptionContext] | None = None) -> list[dict[str, Any]]: ...
+
+
+# Hashes and EXIF need only a small decode; the models' own needs are added from their settings.
 _ANALYZE_DECODE_SIZE = 512
 
 
@@ -47,31 +57,98 @@ class Resolved:
     doc_id: str
 
 
+@dataclass
+class _Work:
+    """One object that passed the freshness checks and is being processed by a stage."""
+
+    resolved: Resolved
+    identity: dict[str, Any]
+    state_field: str
+    state: dict[str, Any]
+    data: bytes = b""
+
+
 class Pipeline:
-    def __init__(self, settings: Settings, store: ObjectStore, index: ImageIndex) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore, index: ImageIndex,
+                 analyzer: Callable[[], Analyzer | None] | None = None, analyze_decode_size: int = 0) -> None:
         self.settings = settings
         self.store = store
         self.index = index
+        # A factory, so the models load on the first analyze and never in compress or remove.
+        self._analyzer = analyzer or (lambda: None)
+        self._decode_size = max(_ANALYZE_DECODE_SIZE, analyze_decode_size)
 
     # -- entry points --------------------------------------------------------------------------
 
     def handle(self, stage: str, event: ObjectEvent) -> Outcome:
-        handlers: dict[str, Callable[[ObjectEvent], Outcome]] = {
-            "compress": self.compress,
-            "analyze": self.analyze,
-            "remove": self.remove,
-        }
-        if stage not in handlers:
-            raise ValueError(f"unknown stage {stage!r}")
         if event.kind == "removed" and stage != "remove":
             return Outcome.MISSING
-        return handlers[stage](event)
+        if stage == "compress":
+            return self.compress(event)
+        if stage == "analyze":
+            result = self.analyze_many([event])[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
+        if stage == "remove":
+            return self.remove(event)
+        raise ValueError(f"unknown stage {stage!r}")
 
     def compress(self, event: ObjectEvent) -> Outcome:
-        return self._run_stage("compress", event, self._compress_fields)
+        work = self._begin("compress", event)
+        if isinstance(work, Outcome):
+            return work
+        try:
+            self._fetch(event, work)
+            fields = self._compress_fields(work)
+        except PixdexError as exc:
+            self._fail(work, exc)
+            raise
+        self._commit(work, fields)
+        return Outcome.PROCESSED
+
+    def analyze_many(self, events: Sequence[ObjectEvent]) -> list[Outcome | Exception]:
+        """Analyze a batch: per-object work first, then the models once over every image, so the models
+        see real batches. The result list matches ``events``; an item is an Outcome or the error that
+        failed it (its reason is also recorded on its document)."""
+        results: list[Outcome | Exception] = [Outcome.MISSING] * len(events)
+        ready: list[tuple[int, _Work, dict[str, Any], Image.Image]] = []
+        for i, event in enumerate(events):
+            try:
+                if event.kind == "removed":
+                    continue
+                work = self._begin("analyze", event)
+                if isinstance(work, Outcome):
+                    results[i] = work
+                    continue
+                try:
+                    self._fetch(event, work)
+                    fields, image = self._analyze_fields(work)
+                except PixdexError as exc:
+                    self._fail(work, exc)
+                    raise
+                ready.append((i, work, fields, image))
+            except Exception as exc:
+                results[i] = exc
+        analyzer = self._analyzer() if ready else None
+        if analyzer is not None:
+            from pixdex.models.analysis import CaptionContext
+
+            contexts = [CaptionContext(name_words=w.identity["name_text"].split(),
+                                       exif_words=(f.get("exif_text") or "").split()) for _, w, f, _ in ready]
+            for (_, _, fields, _), extra in zip(ready, analyzer.analyze_batch([r[3] for r in ready], contexts),
+                                                strict=True):
+                fields.update(extra)
+        for i, work, fields, _ in ready:
+            try:
+                self._commit(work, fields)
+                results[i] = Outcome.PROCESSED
+            except Exception as exc:
+                results[i] = exc
+        return results
 
     def analyze(self, event: ObjectEvent) -> Outcome:
-        return self._run_stage("analyze", event, self._analyze_fields)
+        return self.handle("analyze", event)
 
     def remove(self, event: ObjectEvent) -> Outcome:
         outcome = Outcome.NOTHING_TO_REMOVE
@@ -91,12 +168,7 @@ class Pipeline:
 
     # -- shared stage mechanics ----------------------------------------------------------------
 
-    def _run_stage(
-        self,
-        stage: Stage,
-        event: ObjectEvent,
-        compute: Callable[[bytes, Resolved], dict[str, Any]],
-    ) -> Outcome:
+    def _begin(self, stage: str, event: ObjectEvent) -> _Work | Outcome:
         resolved = self._resolve(event)
         if resolved is None:
             return Outcome.MISSING
@@ -122,23 +194,25 @@ class Pipeline:
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "error": None,
         }
-        try:
-            data, _ = self.store.get(event.bucket, resolved.key, max_bytes=self.settings.limits.max_bytes)
-            if len(data) > self.settings.limits.max_bytes:
-                raise ImageTooLargeError(
-                    f"object is larger than the {self.settings.limits.max_bytes} byte limit",
-                    limit=self.settings.limits.max_bytes,
-                )
-            fields = compute(data, resolved)
-        except PixdexError as exc:
-            if not exc.retryable:
-                # Record why on the document so the user can see it, then fail the item so the queue
-                # retries it and finally dead-letters it.
-                state["error"] = {"code": exc.code, "message": exc.message}
-                self.index.upsert(resolved.doc_id, {**identity, state_field: state})
-            raise
-        self.index.upsert(resolved.doc_id, {**identity, **fields, state_field: state})
-        return Outcome.PROCESSED
+        return _Work(resolved=resolved, identity=identity, state_field=state_field, state=state)
+
+    def _fetch(self, event: ObjectEvent, work: _Work) -> None:
+        limit = self.settings.limits.max_bytes
+        data, _ = self.store.get(event.bucket, work.resolved.key, max_bytes=limit)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"object is larger than the {limit} byte limit", limit=limit)
+        work.data = data
+
+    def _commit(self, work: _Work, fields: dict[str, Any]) -> None:
+        self.index.upsert(work.resolved.doc_id, {**work.identity, **fields, work.state_field: work.state})
+
+    def _fail(self, work: _Work, exc: PixdexError) -> None:
+        if exc.retryable:
+            return  # a transient failure says nothing about the object; the retry will tell
+        # Record why on the document so the user can see it; the caller fails the item so the queue
+        # retries it and finally dead-letters it.
+        state = {**work.state, "error": {"code": exc.code, "message": exc.message}}
+        self.index.upsert(work.resolved.doc_id, {**work.identity, work.state_field: state})
 
     def _resolve(self, event: ObjectEvent) -> Resolved | None:
         for key in event.key_candidates():
@@ -149,29 +223,29 @@ class Pipeline:
 
     # -- the stages' own work ------------------------------------------------------------------
 
-    def _compress_fields(self, data: bytes, resolved: Resolved) -> dict[str, Any]:
+    def _compress_fields(self, work: _Work) -> dict[str, Any]:
         dset = self.settings.derivatives
-        decoded = imaging.decode(data, self.settings.limits, target_size=dset.preview_size)
+        decoded = imaging.decode(work.data, self.settings.limits, target_size=dset.preview_size)
         made = derivs.make_derivatives(decoded, dset)
         out: dict[str, Any] = {}
         for d in made:
-            key = f"{resolved.doc_id}/{d.name}.{d.extension}"
+            key = f"{work.resolved.doc_id}/{d.name}.{d.extension}"
             self.store.put(
                 self.settings.derivatives_bucket,
                 key,
                 d.data,
                 content_type=d.content_type,
-                metadata={"source-etag": resolved.head.etag},
+                metadata={"source-etag": work.resolved.head.etag},
                 cache_control="public, max-age=31536000, immutable",
             )
             out[d.name] = {"key": key, **d.to_dict()}
-        return {"derivatives": out, "compression": derivs.summarise(len(data), made).to_dict()}
+        return {"derivatives": out, "compression": derivs.summarise(len(work.data), made).to_dict()}
 
-    def _analyze_fields(self, data: bytes, resolved: Resolved) -> dict[str, Any]:
-        decoded = imaging.decode(data, self.settings.limits, target_size=_ANALYZE_DECODE_SIZE)
+    def _analyze_fields(self, work: _Work) -> tuple[dict[str, Any], Image.Image]:
+        decoded = imaging.decode(work.data, self.settings.limits, target_size=self._decode_size)
         fields: dict[str, Any] = {
-            "bytes": len(data),
-            "sha256": hashing.sha256_hex(data),
+            "bytes": len(work.data),
+            "sha256": hashing.sha256_hex(work.data),
             "format": decoded.format,
             "mode": decoded.mode,
             "width": decoded.width,
@@ -180,7 +254,13 @@ class Pipeline:
             "phash": hashing.phash(decoded.image),
         }
         fields.update(exif_fields.extract_exif(decoded.exif, store_gps=self.settings.store_gps))
-        return fields
+        image = decoded.image
+        if image.mode != "RGB":
+            # Models see images as people do: transparent areas over white.
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            background.paste(image, mask=image.getchannel("A") if image.mode == "RGBA" else None)
+            image = background
+        return fields, image
 
 
 def _is_stale(event: ObjectEvent, head: ObjectHead) -> bool:

@@ -1,11 +1,13 @@
 """What a Lambda container (or the local stack) builds once and reuses across invocations.
 
-Parts are created on first use, so a cold start pays only for what its first request needs; tests and
-benchmarks hand in their own parts instead."""
+Parts are created on first use, so a cold start pays only for what its first request needs (the query
+function that answers a keyword search never loads a model); tests and benchmarks hand in their own parts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pixdex.index import open_index
 from pixdex.index.base import ImageIndex
@@ -14,14 +16,20 @@ from pixdex.query import QueryEmbedder
 from pixdex.settings import Settings
 from pixdex.storage import ObjectStore, s3_store
 
+if TYPE_CHECKING:
+    from pixdex.models.analysis import ImageAnalyzer, ModelSettings
+
+_UNSET = object()
+
 
 class Runtime:
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None,
-                 index: ImageIndex | None = None, embedder: QueryEmbedder | None = None) -> None:
+                 index: ImageIndex | None = None, embedder: QueryEmbedder | None | object = _UNSET) -> None:
         self.settings = settings
         self._store = store
         self._index = index
         self._embedder = embedder
+        self._analyzer: ImageAnalyzer | None | object = _UNSET
         self._pipeline: Pipeline | None = None
 
     @classmethod
@@ -41,12 +49,44 @@ class Runtime:
         return self._index
 
     @property
+    def analyzer(self) -> ImageAnalyzer | None:
+        """The models, or None when every capability is switched off."""
+        if self._analyzer is _UNSET:
+            self._analyzer = None
+            if self.settings.capabilities:
+                from pixdex.models.analysis import ImageAnalyzer
+
+                self._analyzer = ImageAnalyzer(model_settings(self.settings))
+        return self._analyzer  # type: ignore[return-value]
+
+    @property
     def embedder(self) -> QueryEmbedder | None:
-        """What turns query text into vectors; None where no text model is available (keyword search only)."""
-        return self._embedder
+        """Turns query text into vectors: the caption text model (and CLIP's text tower when present).
+        None when captions are switched off, which leaves keyword search only."""
+        if self._embedder is _UNSET:
+            self._embedder = self.analyzer if "caption" in self.settings.capabilities else None
+        return self._embedder  # type: ignore[return-value]
 
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.settings, self.store, self.index)
+            decode = 0
+            if "ocr" in self.settings.capabilities or "faces" in self.settings.capabilities:
+                ms = model_settings(self.settings)
+                decode = max(ms.ocr_max_side if ms.ocr else 0, ms.face_max_side if ms.faces else 0)
+            self._pipeline = Pipeline(self.settings, self.store, self.index, analyzer=lambda: self.analyzer,
+                                      analyze_decode_size=decode)
         return self._pipeline
+
+
+def model_settings(settings: Settings) -> ModelSettings:
+    from pixdex.models.analysis import ModelSettings
+
+    caps = set(settings.capabilities)
+    base = ModelSettings()
+    return ModelSettings(
+        model_dir=settings.model_dir or base.model_dir,
+        classify="classify" in caps, embed="embed" in caps, caption="caption" in caps, ocr="ocr" in caps,
+        faces="faces" in caps, safety="safety" in caps, clip="clip" in caps,
+        intra_op_threads=settings.model_threads,
+    )

@@ -11,6 +11,10 @@ from typing import Literal
 from pixdex import constants as env_names
 from pixdex.document import DEFAULT_TENANT
 
+# What analyze runs. Faces are opt-in: face vectors are biometric data.
+ALL_CAPABILITIES: tuple[str, ...] = ("classify", "embed", "caption", "ocr", "safety", "faces", "clip")
+DEFAULT_CAPABILITIES: tuple[str, ...] = ("classify", "embed", "caption", "ocr", "safety", "clip")
+
 DerivativeFormat = Literal["webp", "jpeg", "png", "avif"]
 DERIVATIVE_FORMATS: tuple[DerivativeFormat, ...] = ("webp", "jpeg", "png", "avif")
 
@@ -43,6 +47,8 @@ class Settings:
     index_name: str = "pixdex-images"
     data_dir: Path = Path(".pixdex")
     model_dir: Path | None = None
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    model_threads: int = 0  # 0: onnxruntime decides (all cores)
     limits: ImageLimits = field(default_factory=ImageLimits)
     derivatives: DerivativeSettings = field(default_factory=DerivativeSettings)
     presign_ttl_seconds: int = 900
@@ -85,6 +91,8 @@ class Settings:
             index_name=env.get(env_names.INDEX_NAME, base.index_name),
             data_dir=data_dir,
             model_dir=Path(model_dir) if model_dir else None,
+            capabilities=_capabilities(env.get(env_names.CAPABILITIES)),
+            model_threads=_int(env, env_names.MODEL_THREADS, base.model_threads, minimum=0),
             limits=limits,
             derivatives=derivatives,
             presign_ttl_seconds=_int(env, env_names.PRESIGN_TTL_SECONDS, base.presign_ttl_seconds),
@@ -134,12 +142,27 @@ class Settings:
         }
         if self.model_dir is not None:
             out[env_names.MODEL_DIR] = str(self.model_dir)
+        out[env_names.CAPABILITIES] = ",".join(self.capabilities) or "none"
+        out[env_names.MODEL_THREADS] = str(self.model_threads)
         if self.aws_endpoint_url:
             out[env_names.AWS_ENDPOINT_URL] = self.aws_endpoint_url
         return out
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _capabilities(raw: str | None) -> tuple[str, ...]:
+    if raw is None or raw.strip() == "":
+        return DEFAULT_CAPABILITIES
+    if raw.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    unknown = [n for n in names if n not in ALL_CAPABILITIES]
+    if unknown:
+        raise ValueError(f"{env_names.CAPABILITIES}: unknown {unknown[0]!r}; expected some of {ALL_CAPABILITIES} "
+                         "or 'none'")
+    return names
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -147,8 +170,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r}: expected an integer") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: must be positive")
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
     return value
 
 

@@ -1,0 +1,275 @@
+"""``pixdex bench query``: latency of each query kind through the query handler, at growing index sizes.
+
+Documents are synthetic with realistic distributions: a Zipf-distributed label vocabulary with WordNet-like
+parents, formats and sizes as photo libraries have them, cameras, dates over three years, OCR text on some,
+faces on some, near-duplicate groups sharing perceptual hashes, and 1280-d image / 384-d caption vectors drawn
+around cluster centres (real embeddings are clustered, which is what makes k-NN work; uniform noise would
+flatter nothing and mislead). Every query goes through the real API handler (routing, validation, the
+backend, shaping, presigned URLs), as API Gateway would call it; the handler's own share is reported by
+also timing the same backend call directly.
+
+Results go to the ``## query`` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import boto3
+import numpy as np
+import numpy.typing as npt
+
+from pixdex.api import create_app
+from pixdex.bench.report import write_section
+from pixdex.document import document_id
+from pixdex.index.base import Filters, ImageIndex, SearchQuery, VectorQuery
+from pixdex.presign import Credentials, Presigner
+from pixdex.runtime import Runtime
+from pixdex.settings import Settings
+from pixdex.storage import S3Store
+
+SECTION: Final = "## query"
+DEFAULT_OUTPUT: Final = Path("docs/benchmarks.md")
+TARGET_P50_MS: Final = 15.0
+TARGET_P95_MS: Final = 40.0
+BUCKET: Final = "bench-originals"
+# Presigning is local computation; these never reach AWS.
+_BENCH_CREDENTIALS: Final[dict[str, Any]] = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+
+_WORDS = ("cat dog bird car truck boat beach mountain forest city street food pizza coffee cup flower tree "
+          "sky sunset snow river lake bridge building house church tower train plane bicycle horse cow "
+          "sheep person child portrait group party wedding concert stage guitar piano book laptop phone "
+          "screen keyboard desk chair table kitchen bedroom garden park road sign text menu poster ticket "
+          "receipt document whiteboard chart map logo painting sculpture museum zoo elephant lion tiger bear "
+          "monkey fish shark whale dolphin turtle frog insect butterfly bee spider rock sand desert island").split()
+_PARENTS = ("animal", "vehicle", "place", "object", "food", "person", "nature", "structure", "text", "art")
+_CAMERAS = ("Apple iPhone 15 Pro", "Apple iPhone 13", "Samsung SM-S918B", "Google Pixel 8", "Canon EOS R6",
+            "Canon EOS 5D Mark IV", "Nikon Z 6II", "Sony ILCE-7M4", "Fujifilm X-T5", "OLYMPUS E-M10")
+_FORMATS = (("jpeg", 0.72), ("png", 0.16), ("webp", 0.06), ("heic", 0.05), ("gif", 0.01))
+_SIZES = ((4032, 3024), (3024, 4032), (1920, 1080), (1080, 1920), (6000, 4000), (1280, 720), (2048, 1536))
+
+
+@dataclass
+class Corpus:
+    ids: list[str]
+    image_vectors: npt.NDArray[np.float32]
+
+
+def _unit(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def populate(index: ImageIndex, n: int, seed: int = 7, batch: int = 1000) -> Corpus:
+    rng = np.random.default_rng(seed)
+    vocab = len(_WORDS)
+    zipf = 1.0 / np.arange(1, vocab + 1) ** 1.1
+    zipf /= zipf.sum()
+    centres_img = _unit(rng.normal(size=(64, 1280)).astype(np.float32))
+    centres_cap = _unit(rng.normal(size=(64, 384)).astype(np.float32))
+    fmt_names = [f for f, _ in _FORMATS]
+    fmt_p = np.array([p for _, p in _FORMATS])
+    base_time = 1_700_000_000
+    ids: list[str] = []
+    image_vectors = np.empty((n, 1280), dtype=np.float32)
+    phash_groups = rng.integers(0, 2**63, size=max(n // 20, 1), dtype=np.int64)
+    for start in range(0, n, batch):
+        items = []
+        m = min(batch, n - start)
+        cluster = rng.integers(0, 64, size=m)
+        img = _unit(centres_img[cluster] + 0.6 * rng.normal(size=(m, 1280)).astype(np.float32) / np.sqrt(1280) * 8)
+        cap = _unit(centres_cap[cluster] + 0.6 * rng.normal(size=(m, 384)).astype(np.float32) / np.sqrt(384) * 8)
+        image_vectors[start:start + m] = img
+        for j in range(m):
+            i = start + j
+            key = f"library/{i // 1000:04d}/IMG_{i:07d}.jpg"
+            labels = list(dict.fromkeys(rng.choice(_WORDS, size=int(rng.integers(2, 6)), p=zipf)))
+            labels += [_PARENTS[_WORDS.index(w) % len(_PARENTS)] for w in labels[:2]]
+            w, h = _SIZES[int(rng.integers(0, len(_SIZES)))]
+            uploaded = base_time + int(rng.integers(0, 3 * 365 * 86400))
+            doc: dict[str, Any] = {
+                "bucket": BUCKET, "key": key, "name": key.rsplit("/", 1)[-1], "name_text": f"IMG {i}",
+                "tenant": "default", "format": str(rng.choice(fmt_names, p=fmt_p)), "width": w, "height": h,
+                "bytes": int(w * h * rng.uniform(0.15, 0.6)),
+                "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(uploaded)),
+                "labels": labels, "caption": " ".join(labels),
+                "has_text": bool(rng.random() < 0.15), "face_count": int(rng.poisson(0.4)),
+                "nsfw_score": float(rng.beta(1, 30)),
+                "sha256": f"{i:064x}",
+                "phash": _near(int(phash_groups[int(rng.integers(0, len(phash_groups)))]), rng),
+                "image_vector": img[j], "caption_vector": cap[j],
+                "derivatives": {"thumbnail": {"key": f"{i}/thumbnail.webp"},
+                                "preview": {"key": f"{i}/preview.webp"}},
+            }
+            if rng.random() < 0.8:
+                doc["camera"] = str(rng.choice(_CAMERAS))
+                doc["taken_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(uploaded - 86400))
+            if doc["has_text"]:
+                doc["ocr_text"] = " ".join(rng.choice(_WORDS, size=8))
+            doc_id = document_id(BUCKET, key)
+            ids.append(doc_id)
+            items.append((doc_id, doc))
+        errors = [e for e in index.upsert_many(items) if e is not None]
+        if errors:
+            raise errors[0]
+    return Corpus(ids=ids, image_vectors=image_vectors)
+
+
+def _near(group_hash: int, rng: np.random.Generator) -> str:
+    """A member of a near-duplicate group: the group's hash with one random bit flipped."""
+    return f"{group_hash ^ (1 << int(rng.integers(0, 64))):016x}"
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered), p95
+
+
+def _event(path: str, query: dict[str, str]) -> dict[str, Any]:
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": path,
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in query.items()),
+        "queryStringParameters": query or None, "headers": {},
+        "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"},
+                           "requestId": "bench", "stage": "$default"},
+        "isBase64Encoded": False,
+    }
+
+
+def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str | None) -> dict[str, Any]:
+    settings = Settings(originals_bucket=BUCKET, derivatives_bucket="bench-derivatives",
+                        index_url=index_url or f"sqlite:///{workdir / f'bench-{n}.db'}")
+    # Presigning is local computation; no request leaves the process.
+    s3 = boto3.client("s3", region_name="us-east-1", **_BENCH_CREDENTIALS)
+    presigner = Presigner(region="us-east-1", endpoint_url=None, credentials=lambda: Credentials("bench", "bench"))
+    runtime = Runtime(settings, store=S3Store(s3, presigner=presigner), embedder=embedder)
+    index = runtime.index
+    t0 = time.perf_counter()
+    corpus = populate(index, n)
+    ingest_s = time.perf_counter() - t0
+    app = create_app(runtime)
+    rng = np.random.default_rng(11)
+    words = [str(w) for w in rng.choice(_WORDS, size=queries)]
+    picks = [corpus.ids[int(i)] for i in rng.integers(0, n, size=queries)]
+
+    def via_handler(path: str, query: dict[str, str]) -> Callable[[], None]:
+        def call() -> None:
+            resp = app.resolve(_event(path, query), None)
+            if resp["statusCode"] != 200:
+                raise RuntimeError(f"{path} {query}: {resp['statusCode']} {resp['body'][:200]}")
+        return call
+
+    kinds: dict[str, list[Callable[[], None]]] = {
+        "keyword": [via_handler("/search", {"q": w, "mode": "keyword", "facets": "labels,format"}) for w in words],
+        "filtered listing": [via_handler("/search", {"format": "png", "min_width": "1500", "sort": "newest"})
+                             for _ in words],
+        "similar (filtered)": [via_handler(f"/images/{p}/similar", {"format": "jpeg", "size": "20"}) for p in picks],
+        "duplicates": [via_handler(f"/images/{p}/duplicates", {"max_distance": "8"}) for p in picks],
+    }
+    if embedder is not None:
+        kinds["semantic"] = [via_handler("/search", {"q": f"a photo of a {w}", "mode": "semantic"}) for w in words]
+        kinds["hybrid"] = [via_handler("/search", {"q": f"{w}", "mode": "hybrid"}) for w in words]
+    results: dict[str, Any] = {}
+    for name, calls in kinds.items():
+        calls[0]()  # warm: loads vector matrices, compiles statements
+        samples = []
+        for call in calls:
+            t = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - t) * 1000)
+        p50, p95 = _percentiles(samples)
+        results[name] = {"p50": p50, "p95": p95}
+    results["_recall"] = _filtered_recall(index, corpus, rng)
+    results["_ingest_s"] = ingest_s
+    results["_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = index.stats()
+    results["_file_mb"] = stats.get("file_bytes", 0) / 1e6
+    results["_vector_mb"] = stats.get("memory_bytes", 0) / 1e6
+    index.close()
+    return results
+
+
+def _filtered_recall(index: ImageIndex, corpus: Corpus, rng: np.random.Generator, trials: int = 20) -> float:
+    """recall@10 of filtered k-NN against brute force over the same filtered rows."""
+    hits = total = 0
+    for _ in range(trials):
+        q = corpus.image_vectors[int(rng.integers(0, len(corpus.ids)))]
+        filters = Filters(tenant="default", formats=("png",))
+        got = index.search(SearchQuery(vector=VectorQuery(field="image_vector", vector=q, k=10), filters=filters,
+                                       size=10)).hits
+        ids: set[str] = set()
+        cursor = None
+        while True:
+            page = index.search(SearchQuery(filters=filters, size=100, sort="oldest", cursor=cursor))
+            ids.update(h.id for h in page.hits)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        mask = np.array([i in ids for i in corpus.ids])
+        sims = corpus.image_vectors[mask] @ q
+        chosen = np.array(corpus.ids)[mask][np.argsort(-sims)[:10]]
+        hits += len(set(chosen) & {h.id for h in got})
+        total += len(chosen)
+    return hits / total if total else 1.0
+
+
+def render(rows: dict[int, dict[str, Any]], args: argparse.Namespace, embedder_note: str) -> str:
+    kinds = [k for k in next(iter(rows.values())) if not k.startswith("_")]
+    lines = [
+        SECTION, "",
+        f"Latency through the query handler (`pixdex bench query --docs {args.docs} --queries {args.queries}`), "
+        f"{args.queries} queries per kind after one warm-up; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}. Target: p50 < {TARGET_P50_MS:.0f} ms and "
+        f"p95 < {TARGET_P95_MS:.0f} ms at 100k documents. {embedder_note}", "",
+        "| documents | " + " | ".join(f"{k} p50 / p95 ms" for k in kinds) + " | filtered k-NN recall@10 | "
+        "ingest s | index file MB | peak RSS MB |",
+        "|---:|" + "---:|" * (len(kinds) + 4),
+    ]
+    for n, r in rows.items():
+        cells = [f"{r[k]['p50']:.1f} / {r[k]['p95']:.1f}" for k in kinds]
+        lines.append(f"| {n:,} | " + " | ".join(cells) +
+                     f" | {r['_recall']:.3f} | {r['_ingest_s']:.0f} | {r['_file_mb']:.0f} | {r['_rss_mb']:.0f} |")
+    largest = rows[max(rows)]
+    smallest = rows[min(rows)]
+    if len(rows) > 1:
+        growth = ", ".join(f"{k} x{largest[k]['p50'] / max(smallest[k]['p50'], 1e-6):.1f}" for k in kinds)
+        lines += ["", f"p50 growth from {min(rows):,} to {max(rows):,} documents: {growth}."]
+    lines += ["", "Reproduce: `pixdex bench query --docs 10000,100000` (add `--index-url URL` to run the same "
+              "queries against a cluster)."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--docs", default="10000,100000", help="comma-separated index sizes")
+    parser.add_argument("--queries", type=int, default=200, help="queries per kind and size")
+    parser.add_argument("--index-url", default=None, help="run against this index instead of a fresh SQLite file")
+    parser.add_argument("--no-models", action="store_true", help="skip semantic and hybrid (no text model)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [int(s) for s in str(args.docs).split(",") if s.strip()]
+    embedder, note = None, "Semantic and hybrid rows skipped: no text model."
+    if not args.no_models:
+        embedder = Runtime(Settings()).embedder
+        if embedder is not None:
+            note = "Semantic and hybrid include embedding the query text with all-MiniLM-L6-v2 (ONNX, CPU)."
+    rows: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="pixdex-bench-") as tmp:
+        for n in sizes:
+            rows[n] = run_size(n, args.queries, embedder, Path(tmp), args.index_url)
+            print(json.dumps({"docs": n, **rows[n]}, default=float))
+    write_section(args.output, SECTION, render(rows, args, note))
+    print(f"wrote {args.output}")
+    return 0
