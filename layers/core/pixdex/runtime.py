@@ -24,12 +24,12 @@ _UNSET = object()
 
 class Runtime:
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None,
-                 index: ImageIndex | None = None, embedder: QueryEmbedder | None | object = _UNSET) -> None:
+                 index: ImageIndex | None = None, embedder: QueryEmbedder | object | None = _UNSET) -> None:
         self.settings = settings
         self._store = store
         self._index = index
         self._embedder = embedder
-        self._analyzer: ImageAnalyzer | None | object = _UNSET
+        self._analyzer: ImageAnalyzer | object | None = _UNSET
         self._pipeline: Pipeline | None = None
 
     @classmethod
