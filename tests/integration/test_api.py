@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,8 @@ ORIGINALS, DERIVATIVES = "originals", "derivatives"
 
 
 def event(method: str, path: str, query: dict[str, str] | None = None, body: Any = None,
-          claims: dict[str, str] | None = None) -> dict[str, Any]:
+          claims: dict[str, str] | None = None, raw: bytes | None = None,
+          content_type: str = "image/jpeg") -> dict[str, Any]:
     ev: dict[str, Any] = {
         "version": "2.0", "routeKey": "$default", "rawPath": path,
         "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
@@ -34,6 +37,11 @@ def event(method: str, path: str, query: dict[str, str] | None = None, body: Any
         ev["queryStringParameters"] = query
     if body is not None:
         ev["body"] = json.dumps(body)
+    if raw is not None:
+        # API Gateway hands binary bodies to Lambda base64-encoded.
+        ev["body"] = base64.b64encode(raw).decode()
+        ev["isBase64Encoded"] = True
+        ev["headers"]["content-type"] = content_type
     if claims is not None:
         ev["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
     return ev
@@ -160,3 +168,85 @@ def test_openapi_documents_every_route(api: Api) -> None:
         assert path in spec["paths"], path
     names = {p["name"] for p in spec["paths"]["/search"]["get"]["parameters"]}
     assert {"q", "format", "labels", "size", "cursor", "facets", "sort", "taken_after"} <= names
+
+
+def _sample_photo(name: str) -> bytes:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-image (sample photos) is not installed")
+    return (Path(next(iter(spec.submodule_search_locations))) / "data" / name).read_bytes()
+
+
+def test_classify_and_recognize_without_indexing(api: Api) -> None:
+    status, body = api("POST", "/classify", raw=_sample_photo("chelsea.png"), content_type="image/png",
+                       claims=ALICE)
+    assert status == 200, body
+    assert "cat" in body["labels"] and body["label_scores"][0]["score"] > 0.1
+    assert "image_vector" not in body
+    from PIL import Image, ImageDraw, ImageFont
+
+    sign = Image.new("RGB", (900, 300), "white")
+    ImageDraw.Draw(sign).text((40, 100), "PIXDEX 2026", fill="black", font=ImageFont.load_default(size=90))
+    buf = io.BytesIO()
+    sign.save(buf, "PNG")
+    status, body = api("POST", "/recognize", body={"image": base64.b64encode(buf.getvalue()).decode()},
+                       claims=ALICE)
+    assert status == 200, body
+    assert "PIXDEX" in body["ocr_text"].upper() and body["has_text"] is True
+    assert not {"image_vector", "caption_vector", "face_vectors"} & set(body)
+    assert api.runtime.index.count() == 0
+
+
+def test_search_by_image(api: Api) -> None:
+    photos = {"alice/cat.png": "chelsea.png", "alice/coffee.png": "coffee.png", "alice/rocket.jpg": "rocket.jpg",
+              "alice/astronaut.png": "astronaut.png"}
+    analyzer = api.runtime.analyzer
+    assert analyzer is not None
+    from PIL import Image
+
+    for key, name in photos.items():
+        image = Image.open(io.BytesIO(_sample_photo(name))).convert("RGB")
+        doc_id, doc = _doc(key, tenant="alice")
+        api.runtime.index.upsert(doc_id, {**doc, "image_vector": analyzer.image_vectors(image)["image_vector"]})
+    # A recompressed, smaller copy of the cat finds the cat first.
+    cat = Image.open(io.BytesIO(_sample_photo("chelsea.png"))).convert("RGB").resize((225, 150))
+    buf = io.BytesIO()
+    cat.save(buf, "JPEG", quality=60)
+    status, body = api("POST", "/search/image", {"size": "2"}, raw=buf.getvalue(), claims=ALICE)
+    assert status == 200, body
+    assert body["hits"][0]["key"] == "alice/cat.png" and body["next_cursor"]
+    # By id: the image itself is left out of its own results.
+    cat_id = document_id(ORIGINALS, "alice/cat.png")
+    status, body = api("POST", "/search/image", body={"image_id": cat_id}, claims=ALICE)
+    assert status == 200 and cat_id not in [h["id"] for h in body["hits"]] and len(body["hits"]) == 3
+    # Another tenant's id is absent; bad bodies are 4xx with a reason.
+    assert api("POST", "/search/image", body={"image_id": cat_id}, claims={"custom:tenant": "bob"})[0] == 404
+    assert api("POST", "/search/image", body={"image_id": cat_id, "s3_key": "alice/x"}, claims=ALICE)[0] == 422
+    assert api("POST", "/search/image", body={"image": "%%%"}, claims=ALICE)[0] == 422
+    assert api("POST", "/search/image", body={"unknown": 1}, claims=ALICE)[0] == 422
+    assert api("POST", "/search/image", raw=b"not an image at all", claims=ALICE)[0] == 422
+    assert api("POST", "/search/image", raw=b"\xff" * (5 * 1024 * 1024), claims=ALICE)[0] == 413
+
+
+def test_faces_same_person(api: Api) -> None:
+    rng = np.random.default_rng(3)
+    person, stranger = rng.normal(size=128), rng.normal(size=128)
+    docs = {"alice/a.jpg": [person, stranger], "alice/b.jpg": [person + 0.05 * rng.normal(size=128)],
+            "alice/c.jpg": [stranger], "alice/d.jpg": []}
+    for key, faces in docs.items():
+        doc_id, doc = _doc(key, tenant="alice", face_count=len(faces),
+                           faces=[{"box": [0, 0, 10, 10]} for _ in faces],
+                           face_vectors=[f.tolist() for f in faces])
+        api.runtime.index.upsert(doc_id, doc)
+    a_id = document_id(ORIGINALS, "alice/a.jpg")
+    status, body = api("GET", "/faces/search", {"image_id": a_id, "face": "0"}, claims=ALICE)
+    assert status == 200, body
+    assert [h["key"] for h in body["hits"]] == ["alice/b.jpg"]
+    status, body = api("GET", "/faces/search", {"image_id": a_id, "face": "1"}, claims=ALICE)
+    assert [h["key"] for h in body["hits"]] == ["alice/c.jpg"]
+    assert api("GET", "/faces/search", {"image_id": a_id, "face": "5"}, claims=ALICE)[0] == 404
+    status, body = api("GET", f"/images/{a_id}/faces", claims=ALICE)
+    assert body["face_count"] == 2 and len(body["faces"]) == 2
+    assert "face_vectors" not in api("GET", f"/images/{a_id}", claims=ALICE)[1]

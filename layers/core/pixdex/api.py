@@ -6,31 +6,51 @@ authorizer context that API Gateway puts in the event, never from anything the c
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixdex import __version__
+from pixdex import __version__, imaging
 from pixdex.document import DEFAULT_TENANT, document_id
-from pixdex.errors import ForbiddenError, InvalidRequestError, PixdexError
+from pixdex.errors import (
+    CapabilityDisabledError,
+    ForbiddenError,
+    ImageTooLargeError,
+    InvalidRequestError,
+    NotFoundError,
+    PixdexError,
+)
 from pixdex.index.base import Filters
 from pixdex.query import SearchRequest, SearchService, parse_facets, split_list
 from pixdex.runtime import Runtime
+from pixdex.settings import Settings
+
+if TYPE_CHECKING:
+    from pixdex.models.analysis import ImageAnalyzer
 
 MAX_QUERY_LENGTH = 512
 MAX_CURSOR_LENGTH = 2048
 MAX_HAMMING_RADIUS = 24
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Decode sizes: the classifier needs little; OCR and faces read better from more pixels.
+_MODEL_SIDE = 512
+_RECOGNIZE_SIDE = 1280
+_VECTOR_KEYS = frozenset({"image_vector", "caption_vector", "clip_vector", "face_vectors"})
+# Lambda's synchronous payload limit is 6 MB; an inline image must fit in it with its base64 overhead.
+MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024
 UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
                 "image/heic", "image/heif", "image/avif")
 
@@ -85,6 +105,16 @@ class FilterParams(BaseModel):
                              cursor=self.cursor, sort=sort)
 
 
+class ImageSource(BaseModel):
+    """A query image given by reference or inline (base64); raw image bodies are accepted too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, max_length=MAX_INLINE_IMAGE_BYTES * 4 // 3 + 4, description="base64 image")
+    image_id: str | None = Field(None, pattern=ID_PATTERN)
+    s3_key: str | None = Field(None, min_length=1, max_length=1024)
+
+
 class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +141,54 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
         if not isinstance(value, str) or not _TENANT_RE.match(value):
             raise ForbiddenError(f"the token carries no valid {settings.tenant_claim!r} claim")
         return value
+
+    def analyzer() -> ImageAnalyzer:
+        found = runtime.analyzer
+        if found is None:
+            raise CapabilityDisabledError("image models are switched off in this deployment")
+        return found
+
+    def request_source() -> tuple[bytes | None, str | None, str | None, str | None]:
+        """What image a request names: (inline bytes, indexed image id, bucket, key) — a raw image body, or
+        JSON with exactly one of image (base64), image_id, s3_key. Nothing is fetched yet."""
+        event = app.current_event
+        body = event.body or ""
+        ctype = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            return (base64.b64decode(body) if event.is_base64_encoded else body.encode("latin-1")), None, None, None
+        try:
+            text = base64.b64decode(body).decode() if event.is_base64_encoded else body
+            source = ImageSource.model_validate_json(text or "{}")
+        except (ValueError, binascii.Error) as exc:
+            raise InvalidRequestError(f"body: expected an image or JSON with image, image_id or s3_key ({exc})",
+                                      field="body") from None
+        given = [n for n in ("image", "image_id", "s3_key") if getattr(source, n)]
+        if len(given) != 1:
+            raise InvalidRequestError("body: give exactly one of image, image_id, s3_key", field="body")
+        if source.image is not None:
+            try:
+                return base64.b64decode(source.image, validate=True), None, None, None
+            except binascii.Error:
+                raise InvalidRequestError("image: not valid base64", field="image") from None
+        who = tenant()
+        if source.image_id is not None:
+            doc = service().document(source.image_id, who)
+            return None, source.image_id, doc["bucket"], doc["key"]
+        key = str(source.s3_key)
+        if settings.tenant_of_key(key) != who:
+            raise NotFoundError(f"no object {key!r}", key=key)
+        return None, None, settings.originals_bucket, key
+
+    def load_image(data: bytes | None, bucket: str | None, key: str | None, max_side: int) -> Image.Image:
+        if data is not None:
+            return _decode_inline(data, max_side, settings)
+        assert bucket is not None and key is not None
+        stored, _ = runtime.store.get(bucket, key, max_bytes=settings.limits.max_bytes)
+        return imaging.decode(stored, settings.limits, target_size=max_side).image
+
+    def request_image(max_side: int) -> Image.Image:
+        data, _, bucket, key = request_source()
+        return load_image(data, bucket, key, max_side)
 
     @app.exception_handler(PixdexError)  # type: ignore[untyped-decorator]
     def _pixdex_error(exc: PixdexError) -> Response[str]:
@@ -196,9 +274,52 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
             "max_bytes": settings.max_upload_bytes, "expires_in": settings.presign_ttl_seconds,
         })
 
+    @app.post("/search/image")
+    def search_by_image(params: Annotated[FilterParams, Query()]) -> dict[str, Any]:
+        """Query by example: the images most similar to the one given (uploaded, by id, or by key)."""
+        request = params.to_request(tenant())
+        data, doc_id, bucket, key = request_source()
+        # An indexed image already has its vector: no download, no model run.
+        vector = runtime.index.get_vectors(doc_id).get("image_vector") if doc_id else None
+        if vector is None:
+            vector = analyzer().image_vectors(load_image(data, bucket, key, _MODEL_SIDE))["image_vector"]
+        if doc_id:
+            request = replace(request, filters=replace(request.filters, exclude_ids=(doc_id,)))
+        return service().by_vector("image_vector", vector, request)
+
+    @app.post("/classify")
+    def classify() -> dict[str, Any]:
+        """Labels for an image, without indexing it."""
+        result = analyzer().classify(request_image(_MODEL_SIDE))
+        return {k: v for k, v in result.items() if k != "image_vector"}
+
+    @app.post("/recognize")
+    def recognize() -> dict[str, Any]:
+        """Everything the analyze function would find in an image (labels, text, faces, safety), without
+        indexing it. Vectors are not returned."""
+        result = analyzer().recognize(request_image(_RECOGNIZE_SIDE))
+        return {k: v for k, v in result.items() if k not in _VECTOR_KEYS}
+
+    @app.get("/images/<image_id>/faces")
+    def faces(image_id: ImageId) -> dict[str, Any]:
+        doc = service().document(image_id, tenant())
+        return {"id": image_id, "face_count": doc.get("face_count", 0), "faces": doc.get("faces", []),
+                "analyzed": "faces" in (doc.get("models") or {}) or "face_count" in doc}
+
+    @app.get("/faces/search")
+    def face_search(
+        image_id: Annotated[str, Query(pattern=ID_PATTERN)],
+        face: Annotated[int, Query(ge=0, le=100, description="which face of that image")] = 0,
+        min_similarity: Annotated[float, Query(ge=-1.0, le=1.0)] = 0.93,
+        size: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        """Images that contain the same person as face N of an image (cosine on 128-d face vectors)."""
+        return service().same_person(image_id, tenant(), face, min_similarity, size)
+
     @app.get("/stats")
     def stats() -> dict[str, Any]:
-        return {**service().stats(tenant()), "version": __version__}
+        models = runtime.analyzer.model_versions if runtime.analyzer is not None else {}
+        return {**service().stats(tenant()), "models": models, "version": __version__}
 
     return app
 
@@ -212,6 +333,14 @@ def create_lambda_handler(runtime: Runtime) -> Any:
         return app.resolve(event, context)
 
     return lambda_handler
+
+
+def _decode_inline(data: bytes, max_side: int, settings: Settings) -> Image.Image:
+    if len(data) > MAX_INLINE_IMAGE_BYTES:
+        raise ImageTooLargeError(
+            f"inline images are limited to {MAX_INLINE_IMAGE_BYTES} bytes; upload larger ones (POST /uploads) and "
+            "pass s3_key", limit=MAX_INLINE_IMAGE_BYTES)
+    return imaging.decode(data, settings.limits, target_size=max_side).image
 
 
 def _json(status: int, body: Any) -> Response[str]:

@@ -60,6 +60,13 @@ class InvalidRequestError(PixdexError):
     http_status = 422
 
 
+class CapabilityDisabledError(PixdexError):
+    """The request needs a model that this deployment has switched off (PIXDEX_CAPABILITIES)."""
+
+    code = "capability_disabled"
+    http_status = 501
+
+
 class BackendUnavailableError(PixdexError):
     """The index or object store could not be reached; the work should be retried."""
 

@@ -33,8 +33,10 @@ from pixdex.storage import ObjectStore
 MAX_LIST_ITEMS = 20
 # Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very first ranks.
 RRF_K = 60
-# Hybrid pages are cut from the fused list of this many candidates per side, at most.
-MAX_HYBRID_DEPTH = 1000
+# Vector results page through this many nearest neighbours (and hybrid through this many per side): deep
+# enough for any person paging, bounded so one request never ranks a whole collection.
+MAX_VECTOR_DEPTH = 1000
+MAX_HYBRID_DEPTH = MAX_VECTOR_DEPTH
 
 SearchMode = Literal["keyword", "semantic", "hybrid"]
 
@@ -122,6 +124,11 @@ class HybridCursor:
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _unit(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
 def _earliest(a: str | None, b: str) -> str:
     if a is None:
         return b
@@ -181,7 +188,7 @@ class SearchService:
         vectors = self.embedder.embed_query(text)
         # A joint image-text model (CLIP) compares the query with pixels directly; prefer it when present.
         field_name = "clip_vector" if "clip_vector" in vectors and self._has_field("clip_vector") else "caption_vector"
-        return VectorQuery(field=field_name, vector=vectors[field_name], k=request.size,
+        return VectorQuery(field=field_name, vector=vectors[field_name], k=MAX_VECTOR_DEPTH,
                            min_similarity=request.min_score)
 
     def _has_field(self, name: str) -> bool:
@@ -220,11 +227,53 @@ class SearchService:
 
     def image(self, doc_id: str, tenant: str) -> dict[str, Any]:
         doc = self.document(doc_id, tenant)
-        out = {"id": doc_id, **doc}
+        # Face vectors are biometric data: they serve /faces/search and never leave the service.
+        out = {"id": doc_id, **{k: v for k, v in doc.items() if k != "face_vectors"}}
         ttl = self.settings.presign_ttl_seconds
         out["original_url"] = self.store.presigned_get(doc["bucket"], doc["key"], ttl)
         out.update(self._derivative_urls(doc))
         return out
+
+    def by_vector(self, field_name: str, vector: npt.NDArray[np.float32], request: SearchRequest,
+                  min_similarity: float | None = None) -> dict[str, Any]:
+        query = SearchQuery(
+            vector=VectorQuery(field=field_name, vector=vector, k=MAX_VECTOR_DEPTH, min_similarity=min_similarity),
+            filters=request.filters, facets=request.facets, size=request.size, cursor=request.cursor,
+        )
+        return self._shape(self.index.search(query))
+
+    def same_person(self, doc_id: str, tenant: str, face: int, min_similarity: float, size: int) -> dict[str, Any]:
+        """Images with a face close to face ``face`` of ``doc_id``. Face vectors are few and opt-in, so
+        they live on their documents and are compared exactly over the images that have faces."""
+        doc = self.document(doc_id, tenant)
+        vectors = doc.get("face_vectors") or []
+        if not 0 <= face < len(vectors):
+            raise NotFoundError(f"image {doc_id!r} has no face {face} (it has {len(vectors)})", id=doc_id)
+        probe = _unit(np.asarray(vectors[face], dtype=np.float32))
+        matches: list[tuple[float, int, Hit]] = []
+        cursor = None
+        scope = Filters(tenant=tenant, min_faces=1)
+        while True:
+            page = self.index.search(SearchQuery(filters=scope, size=100, sort="oldest", cursor=cursor))
+            for hit in page.hits:
+                faces = np.asarray(hit.doc.get("face_vectors") or [], dtype=np.float32)
+                if hit.id == doc_id or faces.size == 0:
+                    continue
+                sims = (faces / np.linalg.norm(faces, axis=1, keepdims=True)) @ probe
+                best = int(np.argmax(sims))
+                if sims[best] >= min_similarity:
+                    matches.append((float(sims[best]), best, hit))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        matches.sort(key=lambda m: (-m[0], m[2].id))
+        hits = []
+        for sim, idx, hit in matches[:size]:
+            shaped = self._hit(replace(hit, score=round(sim, 6), source="vector"))
+            shaped["face"] = idx
+            shaped["face_box"] = (hit.doc.get("faces") or [None] * (idx + 1))[idx]
+            hits.append(shaped)
+        return {"id": doc_id, "face": face, "min_similarity": min_similarity, "hits": hits, "total": len(matches)}
 
     def similar(self, doc_id: str, tenant: str, request: SearchRequest, field: str = "image_vector",
                 min_similarity: float | None = None) -> dict[str, Any]:
@@ -234,7 +283,7 @@ class SearchService:
             raise NotFoundError(f"image {doc_id!r} has no {field} (not analysed yet?)", id=doc_id, field=field)
         filters = replace(request.filters, exclude_ids=(*request.filters.exclude_ids, doc_id))
         query = SearchQuery(
-            vector=VectorQuery(field=field, vector=vector, k=request.size, min_similarity=min_similarity),
+            vector=VectorQuery(field=field, vector=vector, k=MAX_VECTOR_DEPTH, min_similarity=min_similarity),
             filters=filters, facets=request.facets, size=request.size, cursor=request.cursor,
         )
         return self._shape(self.index.search(query))
