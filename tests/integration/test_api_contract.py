@@ -7,7 +7,6 @@ import json
 import re
 import string
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
