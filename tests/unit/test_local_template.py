@@ -41,6 +41,12 @@ Resources:
       Events:
         Sqs: {Type: SQS, Properties: {Queue: !GetAtt Queue.Arn, BatchSize: 3}}
         Api: {Type: HttpApi, Properties: {Method: get, Path: "/things/{id}"}}
+  Img:
+    Type: AWS::Serverless::Function
+    Metadata: {Dockerfile: functions/heavyish/Dockerfile, DockerContext: .}
+    Properties:
+      PackageType: Image
+      ImageConfig: {Command: ["main.handler"]}
 """
 
 
@@ -58,6 +64,8 @@ def test_intrinsics_are_resolved(tmp_path: Path) -> None:
     fn = spec.functions["work"]
     assert (fn.queue, fn.batch_size, fn.routes) == ("Queue", 3, (("GET", "/things/{id}"),))
     assert fn.code_uri == tmp_path / "functions/work"
+    img = spec.functions["heavyish"]
+    assert (img.code_uri, img.handler, img.queue) == (tmp_path / "functions/heavyish", "main.handler", None)
 
 
 def test_project_template_wires_every_function() -> None:

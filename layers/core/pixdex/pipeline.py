@@ -22,6 +22,7 @@ from pixdex.document import document_id, identity_fields
 from pixdex.errors import ImageTooLargeError, PixdexError
 from pixdex.events import ObjectEvent
 from pixdex.index.base import ImageIndex
+from pixdex.jobs import JobSubmitter
 from pixdex.settings import Settings
 from pixdex.storage import ObjectHead, ObjectStore
 
@@ -37,6 +38,7 @@ class Outcome(enum.StrEnum):
     REMOVED = "removed"
     NOTHING_TO_REMOVE = "nothing_to_remove"
     RECREATED = "recreated"      # removal event, but the key holds a new object again
+    ROUTED = "routed"            # too big for Lambda: queued for the GPU batch task
 
 
 class Analyzer(Protocol):
@@ -70,10 +72,13 @@ class _Work:
 
 class Pipeline:
     def __init__(self, settings: Settings, store: ObjectStore, index: ImageIndex,
-                 analyzer: Callable[[], Analyzer | None] | None = None, analyze_decode_size: int = 0) -> None:
+                 analyzer: Callable[[], Analyzer | None] | None = None, analyze_decode_size: int = 0,
+                 jobs: JobSubmitter | None = None) -> None:
         self.settings = settings
         self.store = store
         self.index = index
+        # Set in Lambda (route huge images to the GPU task); unset in the GPU task itself.
+        self.jobs = jobs
         # A factory, so the models load on the first analyze and never in compress or remove.
         self._analyzer = analyzer or (lambda: None)
         self._decode_size = max(_ANALYZE_DECODE_SIZE, analyze_decode_size)
@@ -123,6 +128,9 @@ class Pipeline:
                     continue
                 try:
                     self._fetch(event, work)
+                    if self._route_to_gpu(work):
+                        results[i] = Outcome.ROUTED
+                        continue
                     fields, image = self._analyze_fields(work)
                 except PixdexError as exc:
                     self._fail(work, exc)
@@ -176,7 +184,9 @@ class Pipeline:
             return Outcome.STALE
         state_field = f"{stage}_state"
         existing = self.index.get(resolved.doc_id)
-        if existing is not None and _same_version(existing.get(state_field), resolved.head):
+        state_now = existing.get(state_field) if existing is not None else None
+        if _same_version(state_now, resolved.head) and not (self.jobs is None and _pending(state_now)):
+            # Done already, or already queued for the GPU task (which itself runs without self.jobs).
             return Outcome.DUPLICATE
         identity = identity_fields(
             bucket=event.bucket,
@@ -203,8 +213,21 @@ class Pipeline:
             raise ImageTooLargeError(f"object is larger than the {limit} byte limit", limit=limit)
         work.data = data
 
-    def _commit(self, work: _Work, fields: dict[str, Any]) -> None:
-        self.index.upsert(work.resolved.doc_id, {**work.identity, **fields, work.state_field: work.state})
+    def _route_to_gpu(self, work: _Work) -> bool:
+        """Queue images over the pixel threshold for the GPU task; the document records it is pending."""
+        if self.jobs is None or not self.settings.routes_to_gpu:
+            return False
+        info = imaging.probe(work.data, self.settings.limits)
+        if info.width * info.height <= self.settings.gpu_pixel_threshold:
+            return False
+        job_id = self.jobs.submit(bucket=work.identity["bucket"], keys=[work.resolved.key],
+                                  name=f"pixdex-analyze-{work.resolved.doc_id}")
+        self._commit(work, {}, state={**work.state, "pending": "gpu", "job_id": job_id})
+        return True
+
+    def _commit(self, work: _Work, fields: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        self.index.upsert(work.resolved.doc_id,
+                          {**work.identity, **fields, work.state_field: state if state is not None else work.state})
 
     def _fail(self, work: _Work, exc: PixdexError) -> None:
         if exc.retryable:
@@ -276,6 +299,10 @@ def _same_version(state: Any, head: ObjectHead) -> bool:
         and state.get("etag") == head.etag
         and state.get("version_id") == head.version_id
     )
+
+
+def _pending(state: Any) -> bool:
+    return isinstance(state, dict) and bool(state.get("pending"))
 
 
 def _iso(value: str | None) -> str | None:

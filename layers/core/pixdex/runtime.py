@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pixdex.index import open_index
 from pixdex.index.base import ImageIndex
+from pixdex.jobs import BatchJobs, JobSubmitter
 from pixdex.pipeline import Pipeline
 from pixdex.query import QueryEmbedder
 from pixdex.settings import Settings
@@ -24,8 +25,11 @@ _UNSET = object()
 
 class Runtime:
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None,
-                 index: ImageIndex | None = None, embedder: QueryEmbedder | object | None = _UNSET) -> None:
+                 index: ImageIndex | None = None, embedder: QueryEmbedder | object | None = _UNSET,
+                 route_heavy: bool = True) -> None:
         self.settings = settings
+        # The GPU task builds its runtime with route_heavy=False: it is where heavy work goes.
+        self.route_heavy = route_heavy
         self._store = store
         self._index = index
         self._embedder = embedder
@@ -75,8 +79,18 @@ class Runtime:
                 ms = model_settings(self.settings)
                 decode = max(ms.ocr_max_side if ms.ocr else 0, ms.face_max_side if ms.faces else 0)
             self._pipeline = Pipeline(self.settings, self.store, self.index, analyzer=lambda: self.analyzer,
-                                      analyze_decode_size=decode)
+                                      analyze_decode_size=decode, jobs=self._jobs())
         return self._pipeline
+
+
+    def _jobs(self) -> JobSubmitter | None:
+        s = self.settings
+        if not (self.route_heavy and s.routes_to_gpu and s.batch_job_queue and s.batch_job_definition):
+            return None
+        import boto3
+
+        client = boto3.client("batch", region_name=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        return BatchJobs(client, queue=s.batch_job_queue, definition=s.batch_job_definition)
 
 
 def model_settings(settings: Settings) -> ModelSettings:
@@ -88,5 +102,6 @@ def model_settings(settings: Settings) -> ModelSettings:
         model_dir=settings.model_dir or base.model_dir,
         classify="classify" in caps, embed="embed" in caps, caption="caption" in caps, ocr="ocr" in caps,
         faces="faces" in caps, safety="safety" in caps, clip="clip" in caps,
-        intra_op_threads=settings.model_threads,
+        intra_op_threads=settings.model_threads, providers=settings.model_providers,
+        batch_size=settings.model_batch_size,
     )

@@ -49,6 +49,12 @@ class Settings:
     model_dir: Path | None = None
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     model_threads: int = 0  # 0: onnxruntime decides (all cores)
+    model_providers: tuple[str, ...] = ("auto",)  # auto: CUDA when present, else CPU
+    model_batch_size: int = 16
+    # Images over this many pixels are analysed by the GPU batch task instead of in Lambda (0: never).
+    gpu_pixel_threshold: int = 0
+    batch_job_queue: str | None = None
+    batch_job_definition: str | None = None
     limits: ImageLimits = field(default_factory=ImageLimits)
     derivatives: DerivativeSettings = field(default_factory=DerivativeSettings)
     presign_ttl_seconds: int = 900
@@ -93,6 +99,12 @@ class Settings:
             model_dir=Path(model_dir) if model_dir else None,
             capabilities=_capabilities(env.get(env_names.CAPABILITIES)),
             model_threads=_int(env, env_names.MODEL_THREADS, base.model_threads, minimum=0),
+            model_providers=tuple(p.strip() for p in env.get(env_names.MODEL_PROVIDERS, "auto").split(",")
+                                  if p.strip()) or base.model_providers,
+            model_batch_size=_int(env, env_names.MODEL_BATCH_SIZE, base.model_batch_size),
+            gpu_pixel_threshold=_int(env, env_names.GPU_PIXEL_THRESHOLD, base.gpu_pixel_threshold, minimum=0),
+            batch_job_queue=env.get(env_names.BATCH_JOB_QUEUE) or None,
+            batch_job_definition=env.get(env_names.BATCH_JOB_DEFINITION) or None,
             limits=limits,
             derivatives=derivatives,
             presign_ttl_seconds=_int(env, env_names.PRESIGN_TTL_SECONDS, base.presign_ttl_seconds),
@@ -105,6 +117,10 @@ class Settings:
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
         )
+
+    @property
+    def routes_to_gpu(self) -> bool:
+        return bool(self.gpu_pixel_threshold and self.batch_job_queue and self.batch_job_definition)
 
     def tenant_of_key(self, key: str) -> str:
         """Which tenant an object belongs to: its first key segment when multi-tenant."""
@@ -144,6 +160,13 @@ class Settings:
             out[env_names.MODEL_DIR] = str(self.model_dir)
         out[env_names.CAPABILITIES] = ",".join(self.capabilities) or "none"
         out[env_names.MODEL_THREADS] = str(self.model_threads)
+        out[env_names.MODEL_PROVIDERS] = ",".join(self.model_providers)
+        out[env_names.MODEL_BATCH_SIZE] = str(self.model_batch_size)
+        out[env_names.GPU_PIXEL_THRESHOLD] = str(self.gpu_pixel_threshold)
+        if self.batch_job_queue:
+            out[env_names.BATCH_JOB_QUEUE] = self.batch_job_queue
+        if self.batch_job_definition:
+            out[env_names.BATCH_JOB_DEFINITION] = self.batch_job_definition
         if self.aws_endpoint_url:
             out[env_names.AWS_ENDPOINT_URL] = self.aws_endpoint_url
         return out

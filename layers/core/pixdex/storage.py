@@ -55,6 +55,8 @@ def s3_store(settings: Settings) -> S3Store:
         if found is None:
             raise BackendUnavailableError("no AWS credentials found to sign URLs with")
         frozen = found.get_frozen_credentials()  # refreshes expiring role credentials as needed
+        if not frozen.access_key or not frozen.secret_key:
+            raise BackendUnavailableError("incomplete AWS credentials: cannot sign URLs")
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     presigner = Presigner(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, credentials=credentials)
@@ -75,6 +77,8 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None: ...
 
     def delete_prefix(self, bucket: str, prefix: str) -> int: ...
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]: ...
 
     def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str: ...
 
@@ -175,6 +179,15 @@ class S3Store:
             raise _unavailable("delete_prefix", bucket, prefix, exc) from exc
         return deleted
 
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(o["Key"] for o in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable("list", bucket, prefix, exc) from exc
+        return keys
+
     def presigned_get(self, bucket: str, key: str, ttl_seconds: int) -> str:
         if self._presigner is not None:
             return self._presigner.url(bucket, key, ttl_seconds)
@@ -246,14 +259,15 @@ class FolderStore:
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
 
-    def keys(self, bucket: str) -> list[str]:
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         folder = self.root / bucket
         if not folder.is_dir():
             return []
-        return sorted(unquote(f.name) for f in folder.iterdir() if not f.name.endswith((".meta.json", ".tmp")))
+        names = (unquote(f.name) for f in folder.iterdir() if not f.name.endswith((".meta.json", ".tmp")))
+        return sorted(k for k in names if k.startswith(prefix))
 
     def delete_prefix(self, bucket: str, prefix: str) -> int:
-        doomed = [k for k in self.keys(bucket) if k.startswith(prefix)]
+        doomed = self.list_keys(bucket, prefix)
         for key in doomed:
             self.delete(bucket, key)
         return len(doomed)

@@ -113,7 +113,7 @@ class ObjectMirror:
         self.s3 = s3
 
     def restore(self, bucket: str) -> int:
-        keys = self.files.keys(bucket)
+        keys = self.files.list_keys(bucket)
         for key in keys:
             data, head = self.files.get(bucket, key)
             self.s3.put_object(Bucket=bucket, Key=key, Body=data,

@@ -244,8 +244,15 @@ def read_stack(path: Path, *, stack_name: str = "pixdex-local", region: str = "u
         if res.get("Type") != "AWS::Serverless::Function":
             continue
         props = res.get("Properties") or {}
-        code_uri = Path(str(r.value(props.get("CodeUri", globals_fn.get("CodeUri", ".")))))
-        handler = str(r.value(props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))))
+        if props.get("PackageType", globals_fn.get("PackageType")) == "Image":
+            # Container-image functions: the handler file is the one the Dockerfile beside it copies in.
+            meta = res.get("Metadata") or {}
+            code_uri = Path(str(meta.get("Dockerfile", "Dockerfile"))).parent
+            command = ((props.get("ImageConfig") or {}).get("Command") or ["app.lambda_handler"])
+            handler = str(r.value(command[0]))
+        else:
+            code_uri = Path(str(r.value(props.get("CodeUri", globals_fn.get("CodeUri", ".")))))
+            handler = str(r.value(props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))))
         queue, batch, routes = None, 10, []
         for ev in (props.get("Events") or {}).values():
             ev_props = ev.get("Properties") or {}
