@@ -15,10 +15,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.metrics import MetricUnit
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +33,7 @@ from pixdex.errors import (
     NotFoundError,
     PixdexError,
 )
+from pixdex.handlers import is_index_error
 from pixdex.index.base import Filters
 from pixdex.query import SearchRequest, SearchService, parse_facets, split_list
 from pixdex.runtime import Runtime
@@ -122,7 +124,8 @@ class UploadRequest(BaseModel):
     content_type: str = Field(max_length=100)
 
 
-def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayHttpResolver:
+def create_app(runtime: Runtime, *, logger: Logger | None = None,
+               metrics: Metrics | None = None) -> APIGatewayHttpResolver:
     app = APIGatewayHttpResolver(enable_validation=True)
     log = logger or Logger(service="pixdex-query")
     settings = runtime.settings
@@ -194,6 +197,8 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
     def _pixdex_error(exc: PixdexError) -> Response[str]:
         if exc.http_status >= 500:
             log.exception("request failed", error=exc.code)
+        if metrics is not None and is_index_error(exc):
+            metrics.add_metric(name="IndexErrors", unit=MetricUnit.Count, value=1)
         return _json(exc.http_status, exc.to_dict())
 
     @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
@@ -326,9 +331,13 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None) -> APIGatewayH
 
 def create_lambda_handler(runtime: Runtime) -> Any:
     logger = Logger(service="pixdex-query")
-    app = create_app(runtime, logger=logger)
+    metrics = Metrics(namespace="pixdex", service="pixdex-query")
+    tracer = Tracer(service="pixdex-query")
+    app = create_app(runtime, logger=logger, metrics=metrics)
 
     @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return app.resolve(event, context)
 

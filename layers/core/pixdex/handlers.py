@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pixdex.errors import PixdexError
+from pixdex.errors import BackendUnavailableError, IndexMappingError, PixdexError
 from pixdex.events import ObjectEvent, parse_message
 from pixdex.pipeline import Outcome
 from pixdex.runtime import Runtime
@@ -79,6 +79,13 @@ class StageRecordHandler:
             message_id=message_id, object=uri,
         )
         self.metrics.add_metric(name=f"Error_{exc.code}", unit=MetricUnit.Count, value=1)
+        if is_index_error(exc):
+            self.metrics.add_metric(name="IndexErrors", unit=MetricUnit.Count, value=1)
+
+
+def is_index_error(exc: PixdexError) -> bool:
+    """Failures of the index (the alarm on IndexErrors watches these); storage errors name their bucket."""
+    return isinstance(exc, IndexMappingError | BackendUnavailableError) and "bucket" not in exc.context
 
 
 def make_sqs_handler(stage: str, runtime: Runtime) -> LambdaHandler:
