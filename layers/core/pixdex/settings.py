@@ -39,12 +39,31 @@ class DerivativeSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """How to talk to an OpenSearch / Elasticsearch cluster (ignored by the embedded index)."""
+
+    engine: str = "auto"               # auto | opensearch | elasticsearch
+    aws_service: str | None = None     # es | aoss; None: from the host name
+    timeout_s: float = 10.0
+    max_retries: int = 3
+    refresh: str | None = None         # wait_for | false; None: wait_for, false on Serverless
+    update_mode: str = "script"        # script | merge (clusters with scripting off)
+    verify_certs: bool = True
+    ca_certs: str | None = None
+    knn_m: int = 16
+    knn_ef_construction: int = 128
+    knn_ef_search: int = 128
+    knn_hamming: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     originals_bucket: str = "pixdex-originals"
     derivatives_bucket: str = "pixdex-derivatives"
     # sqlite:///abs/path.db (embedded) or http(s)://host (OpenSearch / Elasticsearch).
     index_url: str = "sqlite:///.pixdex/index.db"
     index_name: str = "pixdex-images"
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     data_dir: Path = Path(".pixdex")
     model_dir: Path | None = None
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
@@ -90,7 +109,23 @@ class Settings:
             max_bytes=_int(env, env_names.MAX_IMAGE_BYTES, base.limits.max_bytes),
             max_pixels=_int(env, env_names.MAX_IMAGE_PIXELS, base.limits.max_pixels),
         )
+        cb = base.cluster
+        cluster = ClusterSettings(
+            engine=_choice(env, env_names.INDEX_ENGINE, cb.engine, ("auto", "opensearch", "elasticsearch")),
+            aws_service=env.get(env_names.INDEX_AWS_SERVICE) or None,
+            timeout_s=_float(env, env_names.INDEX_TIMEOUT_S, cb.timeout_s),
+            max_retries=_int(env, env_names.INDEX_MAX_RETRIES, cb.max_retries, minimum=0),
+            refresh=env.get(env_names.INDEX_REFRESH) or None,
+            update_mode=_choice(env, env_names.INDEX_UPDATE_MODE, cb.update_mode, ("script", "merge")),
+            verify_certs=_bool(env, env_names.INDEX_VERIFY_CERTS, cb.verify_certs),
+            ca_certs=env.get(env_names.INDEX_CA_CERTS) or None,
+            knn_m=_int(env, env_names.KNN_M, cb.knn_m),
+            knn_ef_construction=_int(env, env_names.KNN_EF_CONSTRUCTION, cb.knn_ef_construction),
+            knn_ef_search=_int(env, env_names.KNN_EF_SEARCH, cb.knn_ef_search),
+            knn_hamming=_bool(env, env_names.KNN_HAMMING, cb.knn_hamming),
+        )
         return cls(
+            cluster=cluster,
             originals_bucket=env.get(env_names.ORIGINALS_BUCKET, base.originals_bucket),
             derivatives_bucket=env.get(env_names.DERIVATIVES_BUCKET, base.derivatives_bucket),
             index_url=env.get(env_names.INDEX_URL, f"sqlite:///{(data_dir / 'index.db').resolve()}"),
@@ -139,6 +174,15 @@ class Settings:
             env_names.DERIVATIVES_BUCKET: self.derivatives_bucket,
             env_names.INDEX_URL: self.index_url,
             env_names.INDEX_NAME: self.index_name,
+            env_names.INDEX_ENGINE: self.cluster.engine,
+            env_names.INDEX_TIMEOUT_S: repr(self.cluster.timeout_s),
+            env_names.INDEX_MAX_RETRIES: str(self.cluster.max_retries),
+            env_names.INDEX_UPDATE_MODE: self.cluster.update_mode,
+            env_names.INDEX_VERIFY_CERTS: "true" if self.cluster.verify_certs else "false",
+            env_names.KNN_M: str(self.cluster.knn_m),
+            env_names.KNN_EF_CONSTRUCTION: str(self.cluster.knn_ef_construction),
+            env_names.KNN_EF_SEARCH: str(self.cluster.knn_ef_search),
+            env_names.KNN_HAMMING: "true" if self.cluster.knn_hamming else "false",
             env_names.DATA_DIR: str(self.data_dir),
             env_names.MAX_IMAGE_BYTES: str(self.limits.max_bytes),
             env_names.MAX_IMAGE_PIXELS: str(self.limits.max_pixels),
@@ -156,6 +200,11 @@ class Settings:
             env_names.HYBRID_VECTOR_WEIGHT: repr(self.hybrid_vector_weight),
             env_names.AWS_REGION: self.aws_region,
         }
+        for name, value in ((env_names.INDEX_AWS_SERVICE, self.cluster.aws_service),
+                            (env_names.INDEX_REFRESH, self.cluster.refresh),
+                            (env_names.INDEX_CA_CERTS, self.cluster.ca_certs)):
+            if value:
+                out[name] = value
         if self.model_dir is not None:
             out[env_names.MODEL_DIR] = str(self.model_dir)
         out[env_names.CAPABILITIES] = ",".join(self.capabilities) or "none"
@@ -196,6 +245,13 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -
     if value < minimum:
         raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise ValueError(f"{name}={raw!r}: expected one of {allowed}")
+    return raw
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
