@@ -50,10 +50,15 @@ def test_upload_search_delete(stack: RunningStack) -> None:
         thumb = resp.read()
     assert 0 < len(thumb) < len(uploads["trips/2024/Beach Sunset+1.jpg"])
 
-    status, result = stack.get("/search?q=sunset&facets=format")
+    status, result = stack.get("/search?q=sunset&mode=keyword&facets=format")
     assert status == 200
     assert [h["key"] for h in result["hits"]] == ["trips/2024/Beach Sunset+1.jpg"]
     assert result["hits"][0]["thumbnail_url"]
+    # Hybrid (the default) also ranks by meaning; the document that says "sunset" comes first.
+    status, hybrid = stack.get("/search?q=sunset")
+    assert hybrid["mode"] == "hybrid"
+    assert hybrid["hits"][0]["key"] == "trips/2024/Beach Sunset+1.jpg"
+    assert hybrid["hits"][0]["source"] == "keyword+vector"
     status, everything = stack.get("/search?facets=format,year&size=2")
     assert everything["total"] == 3
     assert len(everything["hits"]) == 2 and everything["next_cursor"]
