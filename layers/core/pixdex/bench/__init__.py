@@ -1,0 +1,1 @@
+"""Benchmarks behind ``pixdex bench ...``; each writes its own section of docs/benchmarks.md."""
