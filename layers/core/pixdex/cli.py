@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="ingest sample photos from installed packages")
     up.add_argument("--max-receive-count", type=int, default=None,
                     help="deliveries before a failing message is dead-lettered (default: the template's)")
+    up.add_argument("--index-url", default=None,
+                    help="OpenSearch/Elasticsearch URL instead of the embedded index (DATA/index.db)")
     up.set_defaults(func=_cmd_up)
 
     ingest = sub.add_parser("ingest", help="upload files or folders into the running stack")
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the pipeline here, without the stack (objects kept in DATA/s3)")
     ingest.add_argument("--no-wait", action="store_true", help="do not wait until the images are searchable")
     ingest.add_argument("--timeout", type=float, default=300.0)
+    ingest.add_argument("--index-url", default=None, help="with --in-process: a search cluster's URL")
     ingest.set_defaults(func=_cmd_ingest)
 
     inv = sub.add_parser("invoke", help="invoke a function with an event file (like `sam local invoke`)")
@@ -138,7 +141,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stack = LocalStack(UpOptions(
         data_dir=args.data, api_port=args.api_port, aws_port=args.aws_port, template=args.template,
-        max_receive_count=args.max_receive_count,
+        max_receive_count=args.max_receive_count, index_url=args.index_url,
     ))
     stopping = threading.Event()
 
@@ -284,7 +287,10 @@ def _ingest_in_process(args: argparse.Namespace, items: list[tuple[Path, str]]) 
     from pixdex.settings import Settings
     from pixdex.storage import FolderStore
 
-    settings = Settings.from_env({"PIXDEX_DATA_DIR": str(args.data)})
+    env = {"PIXDEX_DATA_DIR": str(args.data)}
+    if args.index_url:
+        env["PIXDEX_INDEX_URL"] = args.index_url
+    settings = Settings.from_env(env)
     store = FolderStore(args.data.resolve() / "s3")
     pipeline = Pipeline(settings, store, open_index(settings))
     failures = 0

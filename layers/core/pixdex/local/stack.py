@@ -62,6 +62,7 @@ class UpOptions:
     template: Path | None = None
     region: str = "us-east-1"
     max_receive_count: int | None = None   # overrides the template's MaxReceiveCount parameter
+    index_url: str | None = None           # a search cluster instead of DATA/index.db
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -183,7 +184,7 @@ class LocalStack:
             **base.to_env(),
             "PIXDEX_ORIGINALS_BUCKET": self.originals_bucket,
             "PIXDEX_DERIVATIVES_BUCKET": self.derivatives_bucket,
-            "PIXDEX_INDEX_URL": f"sqlite:///{self.data_dir / 'index.db'}",
+            "PIXDEX_INDEX_URL": self.options.index_url or f"sqlite:///{self.data_dir / 'index.db'}",
             "AWS_ENDPOINT_URL": self.aws_endpoint,
             "AWS_REGION": self.options.region,
             "AWS_DEFAULT_REGION": self.options.region,
