@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.opensearch_spec import SKIP_REASON, SPEC_ROOT, OpenSearchSpec, SpecError, load_spec
 
 from pixdex.index import requests as rq
 from pixdex.index.opensearch import (
@@ -41,6 +40,7 @@ from pixdex.index.opensearch import (
     connect,
 )
 from pixdex.index.requests import ClusterVersion, OpenSearchDialect
+from tests.opensearch_spec import SKIP_REASON, SPEC_ROOT, OpenSearchSpec, SpecError, load_spec
 
 STARTUP_TIMEOUT_S = 30.0
 

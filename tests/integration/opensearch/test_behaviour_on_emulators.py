@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from importlib.util import find_spec
 
 import pytest
-from tests.integration.index import test_index_behaviour as suite
-from tests.integration.opensearch.conftest import IndexFactory
 
 from pixdex.index.base import ImageIndex
 from pixdex.index.mapping import KnnSettings
+from tests.integration.index import test_index_behaviour as suite
+from tests.integration.opensearch.conftest import IndexFactory
 
 NO_KNN = "osmem-server has no k-NN query (the spec's knn query is validated in the contract tests)"
 NO_PREFIX = "osmem-server answers multi_match phrase_prefix with no hits (real OpenSearch expands the prefix)"

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.integration.opensearch.conftest import IndexFactory
 
 from pixdex.index import requests as rq
 from pixdex.index.base import Filters, SearchQuery, VectorQuery, iter_ids
@@ -21,6 +20,7 @@ from pixdex.index.reindex import (
     reindex,
     swap_to_staging,
 )
+from tests.integration.opensearch.conftest import IndexFactory
 
 
 def corpus(n: int) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,6 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from tests.integration.opensearch.conftest import free_port
 
 from pixdex.errors import BackendUnavailableError, IndexMappingError
 from pixdex.index import requests as rq
@@ -32,6 +31,7 @@ from pixdex.index.opensearch import (
     connect,
     parse_target,
 )
+from tests.integration.opensearch.conftest import free_port
 
 
 @dataclass

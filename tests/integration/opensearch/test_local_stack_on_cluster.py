@@ -1,0 +1,43 @@
+"""`pixdex up --index-url` against a search cluster (the Elasticsearch 8 emulator): the whole local chain,
+upload to search, with the cluster backend instead of the embedded index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixdex.document import document_id
+from tests import imagegen
+from tests.e2e.conftest import start_stack, stop_stack
+from tests.integration.opensearch.conftest import Emulator
+
+pytestmark = pytest.mark.e2e
+
+
+def test_upload_to_search_on_a_cluster(noida: Emulator, tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "data", "--index-url", noida.url)
+    try:
+        s3 = stack.client("s3")
+        keys = {"cluster/Red Sunset.jpg": imagegen.jpeg_bytes(800, 600, seed=1),
+                "cluster/diagram.png": imagegen.png_bytes(640, 480, seed=2, screenshot=True)}
+        for key, body in keys.items():
+            s3.put_object(Bucket=stack.originals_bucket, Key=key, Body=body)
+        for key in keys:
+            doc_id = document_id(stack.originals_bucket, key)
+
+            def done(i: str = doc_id) -> bool:
+                status, doc = stack.get(f"/images/{i}")
+                return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
+
+            stack.wait_for(done, what=f"{key} indexed in the cluster")
+        assert not (tmp_path / "data" / "index.db").exists()  # nothing went to the embedded index
+        status, body = stack.get("/search?q=sunset&mode=keyword")
+        assert status == 200 and [h["key"] for h in body["hits"]] == ["cluster/Red Sunset.jpg"]
+        status, body = stack.get("/search?q=sunset&facets=format")
+        assert body["hits"][0]["key"] == "cluster/Red Sunset.jpg"
+        assert {b["value"] for b in body["facets"]["format"]} <= {"jpeg", "png"}
+        similar = stack.get(f"/images/{document_id(stack.originals_bucket, 'cluster/diagram.png')}/similar")
+        assert similar[0] == 200 and [h["key"] for h in similar[1]["hits"]] == ["cluster/Red Sunset.jpg"]
+    finally:
+        stop_stack(stack)
