@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pixdex.api import create_app
 from pixdex.document import document_id
 from pixdex.runtime import Runtime
 from pixdex.settings import Settings
+from tests.integration.index.conftest import BACKENDS, _backend_params
 
 ORIGINALS, DERIVATIVES = "originals", "derivatives"
 
@@ -64,15 +66,23 @@ def _doc(key: str, tenant: str = "default", **fields: Any) -> tuple[str, dict[st
     return document_id(ORIGINALS, key), {**base, **fields}
 
 
-@pytest.fixture
-def api(tmp_path: Path, aws_env: dict[str, str]) -> Iterator[Api]:
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=ORIGINALS)
-        s3.create_bucket(Bucket=DERIVATIVES)
-        settings = Settings(originals_bucket=ORIGINALS, derivatives_bucket=DERIVATIVES,
-                            index_url=f"sqlite:///{tmp_path / 'index.db'}", multi_tenant=True)
-        yield Api(Runtime(settings))
+@pytest.fixture(params=_backend_params())
+def api(request: pytest.FixtureRequest, tmp_path: Path, aws_env: dict[str, str]) -> Iterator[Api]:
+    """The API over each index backend of the behaviour suite (clusters when their URL is set)."""
+    backend = BACKENDS[request.param]
+    index = backend.make(tmp_path, f"pixdex-api-{uuid.uuid4().hex[:12]}")
+    try:
+        with mock_aws():
+            s3 = boto3.client("s3", region_name="us-east-1")
+            s3.create_bucket(Bucket=ORIGINALS)
+            s3.create_bucket(Bucket=DERIVATIVES)
+            settings = Settings(originals_bucket=ORIGINALS, derivatives_bucket=DERIVATIVES,
+                                index_url=f"sqlite:///{tmp_path / 'index.db'}", multi_tenant=True)
+            yield Api(Runtime(settings, index=index))
+    finally:
+        if backend.drop is not None:
+            backend.drop(index)
+        index.close()
 
 
 ALICE = {"custom:tenant": "alice"}
