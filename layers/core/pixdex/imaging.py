@@ -32,7 +32,8 @@ from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError, features
 from pixdex.errors import BadImageError, ImageTooLargeError, UnsupportedFormatError
 from pixdex.settings import ImageLimits
 
-# Pillow's format ids we accept, in the order Image.open tries them. HEIF comes from pillow-heif.
+# Pillow's format ids we accept, in the order Image.open tries them. HEIF comes from pi-heif (the decode-only
+# build of pillow-heif: pixdex never writes HEIF, and the encoders would cost 16-27 MB in the Lambda package).
 _PILLOW_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 
 # Pillow format id -> the name pixdex reports. MPO is what Pillow calls a multi-picture JPEG from cameras.
@@ -215,10 +216,10 @@ def _register_heif() -> None:
         return
     with _heif_lock:
         if not _heif_registered:
-            import pillow_heif
+            import pi_heif
 
             # Embedded thumbnails, depth maps and auxiliary images are never used: skip decoding them.
-            pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+            pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
             _heif_registered = True
 
 
