@@ -34,6 +34,7 @@ from pixdex.api import create_app
 from pixdex.bench.report import write_section
 from pixdex.document import document_id
 from pixdex.index.base import Filters, ImageIndex, SearchQuery, VectorQuery
+from pixdex.local.functions import LocalContext
 from pixdex.presign import Credentials, Presigner
 from pixdex.runtime import Runtime
 from pixdex.settings import Settings
@@ -67,7 +68,8 @@ class Corpus:
 
 
 def _unit(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+    out: npt.NDArray[np.float32] = (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def populate(index: ImageIndex, n: int, seed: int = 7, batch: int = 1000) -> Corpus:
@@ -159,13 +161,14 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
     corpus = populate(index, n)
     ingest_s = time.perf_counter() - t0
     app = create_app(runtime)
+    context = LocalContext(function_name="bench-query")
     rng = np.random.default_rng(11)
     words = [str(w) for w in rng.choice(_WORDS, size=queries)]
     picks = [corpus.ids[int(i)] for i in rng.integers(0, n, size=queries)]
 
     def via_handler(path: str, query: dict[str, str]) -> Callable[[], None]:
         def call() -> None:
-            resp = app.resolve(_event(path, query), None)
+            resp = app.resolve(_event(path, query), context)
             if resp["statusCode"] != 200:
                 raise RuntimeError(f"{path} {query}: {resp['statusCode']} {resp['body'][:200]}")
         return call

@@ -6,30 +6,29 @@ import importlib.util
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pixdex.local.template import FunctionSpec
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-@dataclass
-class LocalContext:
-    """The attributes of Lambda's context object that handlers and powertools read."""
+class LocalContext(LambdaContext):
+    """Lambda's context object as the local stack and tests hand it to handlers (powertools reads it)."""
 
-    function_name: str
-    memory_limit_in_mb: int = 1024
-    function_version: str = "$LATEST"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/local"
-    log_stream_name: str = "local"
+    def __init__(self, function_name: str, memory_limit_in_mb: int = 1024) -> None:
+        self._function_name = function_name
+        self._function_version = "$LATEST"
+        self._invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self._memory_limit_in_mb = memory_limit_in_mb
+        self._aws_request_id = str(uuid.uuid4())
+        self._log_group_name = f"/aws/lambda/{function_name}"
+        self._log_stream_name = "local"
 
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
         return 300_000
 
 
