@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pixdex.bench.report import write_section
 from pixdex.models.analysis import DEFAULT_MODEL_DIR, CaptionContext, ImageAnalyzer, ModelSettings, build_caption
 from pixdex.models.faces import FaceAnalyzer
 from pixdex.models.manifest import Manifest
@@ -301,21 +302,6 @@ def render(args: argparse.Namespace, tp: dict[str, Any], ocr: dict[str, Any] | N
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this section of the report (or append it), keeping every other section byte for byte."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), *([""] if end < len(lines) else []),
-                         *lines[end:]]) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pixdex bench analyze", description=__doc__)
     parser.add_argument("--images", type=int, default=48)
@@ -370,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "defaults (+ OCR, safety)": cold_start(distinct[0], {}, args.tmp),
     }
     section = render(args, tp, ocr, faces, cold)
-    write_section(args.output, section)
+    write_section(args.output, SECTION, section)
     print(section)
     return 0
 
