@@ -44,6 +44,9 @@ class Outcome(enum.StrEnum):
 class Analyzer(Protocol):
     """The models' side of analyze (pixdex.models.analysis.ImageAnalyzer)."""
 
+    @property
+    def decode_side(self) -> int: ...
+
     def analyze_batch(self, images: Sequence[Image.Image],
                       context: Sequence[CaptionContext] | None = None) -> list[dict[str, Any]]: ...
 
@@ -72,8 +75,7 @@ class _Work:
 
 class Pipeline:
     def __init__(self, settings: Settings, store: ObjectStore, index: ImageIndex,
-                 analyzer: Callable[[], Analyzer | None] | None = None, analyze_decode_size: int = 0,
-                 jobs: JobSubmitter | None = None) -> None:
+                 analyzer: Callable[[], Analyzer | None] | None = None, jobs: JobSubmitter | None = None) -> None:
         self.settings = settings
         self.store = store
         self.index = index
@@ -81,7 +83,6 @@ class Pipeline:
         self.jobs = jobs
         # A factory, so the models load on the first analyze and never in compress or remove.
         self._analyzer = analyzer or (lambda: None)
-        self._decode_size = max(_ANALYZE_DECODE_SIZE, analyze_decode_size)
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -118,6 +119,8 @@ class Pipeline:
         failed it (its reason is also recorded on its document)."""
         results: list[Outcome | Exception] = [Outcome.MISSING] * len(events)
         ready: list[tuple[int, _Work, dict[str, Any], Image.Image]] = []
+        analyzer = self._analyzer() if events else None
+        decode_side = max(_ANALYZE_DECODE_SIZE, analyzer.decode_side if analyzer is not None else 0)
         for i, event in enumerate(events):
             try:
                 if event.kind == "removed":
@@ -131,15 +134,14 @@ class Pipeline:
                     if self._route_to_gpu(work):
                         results[i] = Outcome.ROUTED
                         continue
-                    fields, image = self._analyze_fields(work)
+                    fields, image = self._analyze_fields(work, decode_side)
                 except PixdexError as exc:
                     self._fail(work, exc)
                     raise
                 ready.append((i, work, fields, image))
             except Exception as exc:
                 results[i] = exc
-        analyzer = self._analyzer() if ready else None
-        if analyzer is not None:
+        if analyzer is not None and ready:
             from pixdex.models.analysis import CaptionContext
 
             contexts = [CaptionContext(name_words=w.identity["name_text"].split(),
@@ -264,8 +266,8 @@ class Pipeline:
             out[d.name] = {"key": key, **d.to_dict()}
         return {"derivatives": out, "compression": derivs.summarise(len(work.data), made).to_dict()}
 
-    def _analyze_fields(self, work: _Work) -> tuple[dict[str, Any], Image.Image]:
-        decoded = imaging.decode(work.data, self.settings.limits, target_size=self._decode_size)
+    def _analyze_fields(self, work: _Work, decode_side: int) -> tuple[dict[str, Any], Image.Image]:
+        decoded = imaging.decode(work.data, self.settings.limits, target_size=decode_side)
         fields: dict[str, Any] = {
             "bytes": len(work.data),
             "sha256": hashing.sha256_hex(work.data),

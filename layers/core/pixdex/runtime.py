@@ -74,12 +74,8 @@ class Runtime:
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            decode = 0
-            if "ocr" in self.settings.capabilities or "faces" in self.settings.capabilities:
-                ms = model_settings(self.settings)
-                decode = max(ms.ocr_max_side if ms.ocr else 0, ms.face_max_side if ms.faces else 0)
             self._pipeline = Pipeline(self.settings, self.store, self.index, analyzer=lambda: self.analyzer,
-                                      analyze_decode_size=decode, jobs=self._jobs())
+                                      jobs=self._jobs())
         return self._pipeline
 
 

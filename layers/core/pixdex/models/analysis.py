@@ -173,6 +173,12 @@ class ImageAnalyzer:
         return entry
 
     @property
+    def decode_side(self) -> int:
+        """The longest image side the enabled models can use: OCR and faces read small detail."""
+        s = self.settings
+        return max(s.ocr_max_side if s.ocr else 0, s.face_max_side if s.faces else 0)
+
+    @property
     def has_clip(self) -> bool:
         return self._clip is not None
 
