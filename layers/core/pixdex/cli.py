@@ -373,6 +373,10 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "pixdex")
+    import warnings
+
+    # powertools warns on every invocation that records no metric; that is normal for most requests.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
     result = invoke(spec.functions[args.function], event)
     print(json.dumps(result, indent=2, default=str))
     return 0
