@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 ORIGINALS = "${NamePrefix}-originals-${AWS::AccountId}-${AWS::Region}"
 DERIVATIVES = "${NamePrefix}-derivatives-${AWS::AccountId}-${AWS::Region}"
 PIPELINE = {"CompressFunction": "CompressQueue", "AnalyzeFunction": "AnalyzeQueue", "RemoveFunction": "RemoveQueue"}
+# The functions that run models are container images (their runtimes exceed a zip function's 250 MB).
+IMAGE_FUNCTIONS = {"AnalyzeFunction", "QueryFunction"}
+ZIP_FUNCTIONS = {"CompressFunction", "RemoveFunction"}
+LAMBDA_BASE = "public.ecr.aws/lambda/python:3.12"
 RULES = {"CompressRule": "Object Created", "AnalyzeRule": "Object Created", "RemoveRule": "Object Deleted"}
 ROUTES = {
     ("GET", "/search"), ("POST", "/search/image"), ("GET", "/images/{id}"), ("DELETE", "/images/{id}"),
@@ -46,8 +50,6 @@ STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 MANAGED_POLICIES = {
     "BatchInstanceRole": {"arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"}
 }
-# Settings the template already sets that pixdex.settings does not read yet (reported to the lead).
-PENDING_ENV = {"PIXDEX_GPU_PIXEL_THRESHOLD", "PIXDEX_BATCH_JOB_QUEUE", "PIXDEX_BATCH_JOB_DEFINITION"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -140,6 +142,20 @@ def _load_script(name: str, path: Path) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def package_size() -> ModuleType:
+    return _load_script("package_size", REPO / ".ci" / "package_size.py")
+
+
+def handler_source(template: dict[str, Any], logical_id: str) -> tuple[str, str]:
+    """(folder of the handler file, handler) of a zip or an image function, as the local stack reads them."""
+    resource = template["Resources"][logical_id]
+    p = resource["Properties"]
+    if p.get("PackageType") == "Image":
+        return str(Path(resource["Metadata"]["Dockerfile"]).parent) + "/", p["ImageConfig"]["Command"][0]
+    return p["CodeUri"], p["Handler"]
 
 
 # ---------------------------------------------------------------- the YAML loader
@@ -256,8 +272,10 @@ def test_queue_policies_let_only_their_rule_send(template: dict[str, Any]) -> No
 def test_pipeline_functions_consume_their_queue_with_partial_batch_failures(template: dict[str, Any]) -> None:
     for name, queue in PIPELINE.items():
         p = props(template, name)
-        assert p["CodeUri"] == f"functions/{name.removesuffix('Function').lower()}/"
-        assert p["Handler"] == "app.lambda_handler"
+        assert handler_source(template, name) == (
+            f"functions/{name.removesuffix('Function').lower()}/",
+            "app.lambda_handler",
+        )
         (event,) = p["Events"].values()
         assert event["Type"] == "SQS"
         e = event["Properties"]
@@ -273,7 +291,7 @@ def test_pipeline_functions_consume_their_queue_with_partial_batch_failures(temp
 
 def test_query_function_serves_every_route(template: dict[str, Any]) -> None:
     p = props(template, "QueryFunction")
-    assert (p["CodeUri"], p["Handler"]) == ("functions/query/", "app.lambda_handler")
+    assert handler_source(template, "QueryFunction") == ("functions/query/", "app.lambda_handler")
     routes = {}
     for event in p["Events"].values():
         assert event["Type"] == "HttpApi"
@@ -322,7 +340,7 @@ def test_environment_names_come_from_pixdex_constants(template: dict[str, Any]) 
         for key in ([node["Name"]] if isinstance(node.get("Name"), str) else list(node))
         if isinstance(key, str) and key.startswith("PIXDEX_")
     }
-    assert used - known <= PENDING_ENV, used - known - PENDING_ENV
+    assert used <= known, used - known
 
 
 # ---------------------------------------------------------------- data protection
@@ -382,10 +400,15 @@ def test_index_is_encrypted_and_uses_fine_grained_access(template: dict[str, Any
 # ---------------------------------------------------------------- functions and IAM
 
 
-def test_every_function_is_bounded_traced_and_on_python312(template: dict[str, Any]) -> None:
+def test_every_function_is_bounded_traced_and_on_python312(template: dict[str, Any], package_size: ModuleType) -> None:
     log_groups = [x["Properties"] for x in of_type(template, "AWS::Logs::LogGroup").values()]
     for name, fn in functions(template).items():
-        assert effective(template, fn, "Runtime") == "python3.12", name
+        if fn["Properties"].get("PackageType") == "Image":
+            dockerfile = (REPO / fn["Metadata"]["Dockerfile"]).read_text(encoding="utf-8")
+            froms = [i.value for i in package_size.parse_dockerfile(dockerfile) if i.keyword == "FROM"]
+            assert froms == [LAMBDA_BASE], name
+        else:
+            assert effective(template, fn, "Runtime") == "python3.12", name
         assert isinstance(effective(template, fn, "ReservedConcurrentExecutions"), int | dict), name
         assert effective(template, fn, "MemorySize") and effective(template, fn, "Timeout"), name
         assert effective(template, fn, "Tracing") == "Active", name
@@ -475,62 +498,165 @@ def test_alarms_watch_every_dead_letter_queue_and_function(template: dict[str, A
 # ---------------------------------------------------------------- layers, packaging, samconfig
 
 
-def test_layers_carry_pyproject_runtime_dependencies(template: dict[str, Any]) -> None:
+def test_zip_functions_get_pyproject_dependencies_through_their_layers(
+    template: dict[str, Any], package_size: ModuleType
+) -> None:
     core = template["Resources"]["CoreLayer"]
     assert core["Properties"]["ContentUri"] == "layers/core/"
     assert core["Metadata"]["BuildMethod"] == "python3.12"
-    assert template["Resources"]["ModelsLayer"]["Properties"]["ContentUri"] == "layers/models/"
-    package_size = _load_script("package_size", REPO / ".ci" / "package_size.py")
-    fns, layers = package_size.load_project(REPO / "template.yaml")
-    assert set(fns) == {*PIPELINE, "QueryFunction"}
+    # The images carry the models and their runtimes: no layer does any more.
+    assert set(of_type(template, "AWS::Serverless::LayerVersion")) == {"DepsLayer", "CoreLayer"}
+    fns, layers, images = package_size.load_project(REPO / "template.yaml")
+    assert set(fns) == ZIP_FUNCTIONS
+    assert {i.name for i in images} == {*IMAGE_FUNCTIONS, package_size.HEAVY_NAME}
     assert package_size.check_against_pyproject(fns, layers) == []
-    for name in ("AnalyzeFunction", "QueryFunction"):
+    for name in ZIP_FUNCTIONS:
         provided = {r.name for lid in fns[name].layers for r in layers[lid].requirements}
-        assert "onnxruntime" in provided, name
+        assert "onnxruntime" not in provided, name
 
 
-def test_package_check_catches_drift_from_pyproject(tmp_path: Path, template: dict[str, Any]) -> None:
-    package_size = _load_script("package_size", REPO / ".ci" / "package_size.py")
-    fns, layers = package_size.load_project(REPO / "template.yaml")
+def test_package_check_catches_drift_from_pyproject(tmp_path: Path, package_size: ModuleType) -> None:
+    fns, layers, _ = package_size.load_project(REPO / "template.yaml")
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     deps = list(project["project"]["dependencies"])
     numpy = next(i for i, d in enumerate(deps) if d.startswith("numpy"))
     deps[numpy] = "numpy>=1.0"
+    left_out = sorted(layers["DepsLayer"].left_out)
+    deps = [d for d in deps if not d.startswith(left_out[0])]
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
         "[project]\nname = 'pixdex'\n"
         f"dependencies = {json.dumps([*deps, 'zstandard>=0.20'])}\n"
-        "[project.optional-dependencies]\nanalyze = ['rapidocr>=3']\n",
+        f"[project.optional-dependencies]\ncompress = ['{left_out[1]}>=0']\n",
         encoding="utf-8",
     )
+    layers["DepsLayer"].requirements.append(package_size.Requirement("six>=1"))
     problems = package_size.check_against_pyproject(fns, layers, pyproject)
-    assert any("zstandard" in p and "CompressFunction" in p for p in problems)
-    assert any("numpy>=1.0" in p for p in problems)
-    assert [p for p in problems if "rapidocr" in p] == [
-        "AnalyzeFunction: rapidocr>=3 (pyproject) is in none of its layers"
+    for name in ZIP_FUNCTIONS:
+        assert f"{name}: zstandard>=0.20 (pyproject) is in none of its layers" in problems
+        assert any(p.startswith(f"{name}: layers pin numpy") and "numpy>=1.0" in p for p in problems)
+        assert f"{name}: layers install six>=1, which pyproject does not list" in problems
+        assert f"{name}: a layer leaves out {left_out[0]}, which pyproject does not list" in problems
+    # Left-out covers the shared dependencies only, never the function's own extra.
+    assert [p for p in problems if f"{left_out[1]}>=0" in p] == [
+        f"CompressFunction: {left_out[1]}>=0 (pyproject) is in none of its layers"
     ]
 
 
-def test_package_check_reads_includes_and_unbuilt_models(tmp_path: Path) -> None:
-    package_size = _load_script("package_size", REPO / ".ci" / "package_size.py")
+def test_model_functions_are_images_of_their_own_dockerfile(
+    template: dict[str, Any], package_size: ModuleType, tmp_path: Path
+) -> None:
+    _, _, images = package_size.load_project(REPO / "template.yaml")
+    for name in IMAGE_FUNCTIONS:
+        resource = template["Resources"][name]
+        p = resource["Properties"]
+        folder = f"functions/{name.removesuffix('Function').lower()}"
+        assert resource["Metadata"]["Dockerfile"] == f"{folder}/Dockerfile"
+        assert resource["Metadata"]["DockerContext"] == "."
+        assert p["PackageType"] == "Image" and p["ImageConfig"]["Command"] == ["app.lambda_handler"]
+        assert not {"CodeUri", "Handler", "Runtime", "Layers"} & set(p), name
+        # The COPY lines run for real against the build context (.dockerignore applied); RUN lines are
+        # parsed and checked without installing anything.
+        (spec,) = [s for s in images if s.name == name]
+        replay = package_size.ImageReplay(spec, "x86_64", package_size.Cache(tmp_path), install=False)
+        result = replay.run()
+        files = result.fs.visible
+        assert files["/var/task/app.py"].host == REPO / folder / "app.py"
+        assert result.cmd == ["app.lambda_handler"]
+        models = {path.rsplit("/", 1)[1] for path in files if path.startswith("/opt/models/")}
+        assert models == {f.name for f in (REPO / "layers" / "models").iterdir() if f.name != "README.md"}
+        assert (
+            result.env["PIXDEX_MODEL_DIR"]
+            == template["Globals"]["Function"]["Environment"]["Variables"]["PIXDEX_MODEL_DIR"]
+        )
+        # The project's sources were copied for pip and removed again (only hidden: they still ship).
+        assert not any(path.startswith("/tmp/") for path in files)
+        shipped = {path for path, _ in result.fs.shipped()}
+        assert "/tmp/pixdex-src/pyproject.toml" in shipped
+        assert not any("__pycache__" in path or path.endswith(".pyc") for path in shipped)
+        (pip,) = replay.pip_commands
+        assert (pip.target, pip.local) == ("/var/task", [("/tmp/pixdex-src", ["faces"])])
+        assert ":all:" in pip.only_binary and pip.no_binary == {"face-recognition-models"}
+    # The two images differ only in whose handler they carry.
+    analyze = (REPO / "functions/analyze/Dockerfile").read_text(encoding="utf-8")
+    query = (REPO / "functions/query/Dockerfile").read_text(encoding="utf-8")
+    swapped = re.sub(r"analyze|query|Analyze|Query", lambda m: {"analyze": "query", "query": "analyze",
+                     "Analyze": "Query", "Query": "Analyze"}[m.group(0)], analyze)  # fmt: skip
+    assert swapped == query
+
+
+def test_dockerfiles_delete_the_noncommercial_face_model_where_they_install_it(package_size: ModuleType) -> None:
+    for dockerfile in ("functions/analyze/Dockerfile", "functions/query/Dockerfile", "functions/heavy/Dockerfile"):
+        runs = [
+            i.value
+            for i in package_size.parse_dockerfile((REPO / dockerfile).read_text(encoding="utf-8"))
+            if i.keyword == "RUN" and "pip install" in i.value
+        ]
+        installs = [r for r in runs if "PIXDEX_EXTRAS" in r]
+        assert len(installs) == 1, dockerfile
+        # A later RUN could only hide the file; it must go in the layer that installs it.
+        assert re.search(
+            r"rm -f \S*/face_recognition_models/models/shape_predictor_68_face_landmarks\.dat", installs[0]
+        )
+
+
+def test_gpu_task_image_is_what_the_batch_job_runs(
+    template: dict[str, Any], package_size: ModuleType, tmp_path: Path
+) -> None:
+    from pixdex.jobs import heavy_command
+
+    job = props(template, "HeavyJobDefinition")["ContainerProperties"]
+    assert job["Image"] == {"Fn::Sub": "${HeavyRepository.RepositoryUri}:${HeavyImageTag}"}
+    assert {"Type": "GPU", "Value": "1"} in job["ResourceRequirements"]
+    assert "Command" not in job  # the image's CMD, or the command pixdex.jobs submits
+    assert template["Resources"]["HeavyRepository"]["Type"] == "AWS::ECR::Repository"
+    spec = package_size.ImageSpec(package_size.HEAVY_NAME, REPO / package_size.HEAVY_DOCKERFILE, REPO, ("x86_64",))
+    replay = package_size.ImageReplay(spec, "x86_64", package_size.Cache(tmp_path), install=False)
+    result = replay.run()
+    assert result.base_ref.startswith("nvidia/cuda:") and "cudnn-runtime" in result.base_ref
+    # Batch replaces CMD with pixdex.jobs' command line: both must start the same program.
+    assert result.cmd == heavy_command(bucket="b")[: len(result.cmd)]
+    assert result.env["PYTHONPATH"] == "/opt/pixdex" and "python-is-python3" in result.apt_packages
+    first, gpu = replay.pip_commands
+    assert first.local == [("/tmp/pixdex-src", ["faces"])]
+    assert gpu.no_deps and [r.split("==")[0] for r in gpu.requirements] == ["onnxruntime-gpu"]
+
+
+def test_analyze_routes_large_images_to_the_gpu_job_only(template: dict[str, Any]) -> None:
+    env = props(template, "AnalyzeFunction")["Environment"]["Variables"]
+    assert env["PIXDEX_GPU_PIXEL_THRESHOLD"] == {"Ref": "GpuPixelThreshold"}
+    assert env["PIXDEX_BATCH_JOB_QUEUE"] == {"Fn::If": ["CreateGpuTask", {"Ref": "GpuJobQueue"}, ""]}
+    assert env["PIXDEX_BATCH_JOB_DEFINITION"] == {"Fn::If": ["CreateGpuTask", {"Ref": "HeavyJobDefinition"}, ""]}
+    queue = props(template, "GpuJobQueue")["JobQueueName"]["Fn::Sub"]
+    definition = props(template, "HeavyJobDefinition")["JobDefinitionName"]["Fn::Sub"]
+    submits = {
+        role: sorted(r for s in statements(doc) if "batch:SubmitJob" in as_list(s["Action"]) for r in sub_strings(s))
+        for role, doc in role_documents(template)
+    }
+    prefix = "arn:${AWS::Partition}:batch:${AWS::Region}:${AWS::AccountId}"
+    assert {role: arns for role, arns in submits.items() if arns} == {
+        "AnalyzeFunctionRole": sorted(
+            [
+                f"{prefix}:job-queue/{queue}",
+                f"{prefix}:job-definition/{definition}",
+                f"{prefix}:job-definition/{definition}:*",
+            ]
+        )
+    }
+
+
+def test_requirements_follow_includes_and_the_left_out_directive(tmp_path: Path, package_size: ModuleType) -> None:
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "requirements.txt").write_text("# comment\nnumpy>=1.26  # why\n", encoding="utf-8")
     (tmp_path / "more").mkdir()
-    (tmp_path / "more" / "requirements.txt").write_text("-r ../base/requirements.txt\nonnxruntime\n")
+    (tmp_path / "more" / "requirements.txt").write_text(
+        "# package-size: leaves out Big_Runtime other-one (only images need them)\n"
+        "-r ../base/requirements.txt\nonnxruntime\n"
+    )
     reqs, text = package_size.read_requirements(tmp_path / "more" / "requirements.txt")
     assert [str(r) for r in reqs] == ["numpy>=1.26", "onnxruntime"]
     assert text == "numpy>=1.26\nonnxruntime"
-
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "Makefile").write_text("build-ModelsLayer:\n")
-    (models / "a.onnx").write_bytes(b"x" * 100)
-    manifest = {"models": [{"file": "a.onnx", "bytes": 100}, {"file": "b.onnx", "bytes": 5000}, {"package": "p"}]}
-    (models / "manifest.json").write_text(json.dumps(manifest))
-    layer = package_size.Layer("ModelsLayer", models, "makefile")
-    measure = package_size.measure_models_layer(layer)
-    assert measure.bytes == 100 + 5000 + (models / "manifest.json").stat().st_size
-    assert "b.onnx" in measure.note
+    assert package_size.read_left_out(tmp_path / "more" / "requirements.txt") == {"big-runtime", "other-one"}
 
 
 def test_samconfig_lets_validate_run_offline_and_deploy_with_iam() -> None:
@@ -540,6 +666,8 @@ def test_samconfig_lets_validate_run_offline_and_deploy_with_iam() -> None:
     deploy = config["default"]["deploy"]["parameters"]
     assert set(deploy["capabilities"].split()) == {"CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"}
     assert deploy["resolve_s3"] is True
+    # The image functions' ECR repositories: without them `sam deploy` stops and asks.
+    assert deploy["resolve_image_repos"] is True
 
 
 # ---------------------------------------------------------------- the inline custom resource
