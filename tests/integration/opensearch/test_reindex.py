@@ -119,7 +119,9 @@ def test_empty_version_for_rederivation_then_swap(osmem_index: IndexFactory) -> 
 
 def test_command_line(osmem_index: IndexFactory, capsys: pytest.CaptureFixture[str]) -> None:
     index = osmem_index(update_mode="merge")
-    url = index.client.transport.inner.target.display  # type: ignore[attr-defined]
+    # The transport is wrapped in a spec checker only where the specification is present.
+    transport = index.client.transport
+    url = getattr(transport, "inner", transport).target.display
     assert main(["--status", "--index-url", url, "--index-name", index.alias]) == 0
     assert f"{index.alias} -> {index.alias}-v1" in capsys.readouterr().out
     assert main(["--index-url", "sqlite:///tmp/x.db", "--status"]) == 2
