@@ -135,6 +135,7 @@ class Pipeline:
                         results[i] = Outcome.ROUTED
                         continue
                     fields, image = self._analyze_fields(work, decode_side)
+                    work.data = b""  # a batch of large originals must not stay in memory while the models run
                 except PixdexError as exc:
                     self._fail(work, exc)
                     raise
