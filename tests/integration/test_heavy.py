@@ -91,3 +91,24 @@ def test_huge_images_are_routed_to_the_gpu_task(s3: Any, tmp_path: Path) -> None
     assert heavy.run(gpu, bucket=ORIG, keys=["big.jpg"], job_id=job["jobId"], stages=("analyze",)).processed == 1
     done = gpu.index.get(document_id(ORIG, "big.jpg"))
     assert done is not None and done["labels"] and not done["analyze_state"].get("pending")
+
+
+def test_reindex_from_bucket_rebuilds_the_embedded_index(s3: Any, tmp_path: Path) -> None:
+    from pixdex.index.reindex import main as reindex_main
+    from pixdex.index.sqlite import SqliteIndex
+
+    settings = _settings(tmp_path)
+    for i in range(3):
+        s3.put_object(Bucket=ORIG, Key=f"lib/{i}.png", Body=imagegen.png_bytes(200, 150, seed=i))
+    # The index was lost (or belongs to older models): a stale document no object backs is in it.
+    stale = SqliteIndex(tmp_path / "i.db")
+    stale.ensure()
+    stale.upsert("ghost", {"name_text": "nothing backs me"})
+    stale.close()
+    assert reindex_main(["--from-bucket"], settings=settings) == 0
+    rebuilt = SqliteIndex(tmp_path / "i.db")
+    assert rebuilt.get("ghost") is None
+    assert rebuilt.count() == 3
+    doc = rebuilt.get(document_id(ORIG, "lib/1.png"))
+    assert doc is not None and doc["labels"] and doc["derivatives"]["preview"]
+    assert not (tmp_path / "i.db.rebuild").exists()

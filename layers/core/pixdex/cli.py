@@ -27,9 +27,19 @@ DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "moto
                "retina.jpg", "logo.png", "color.png")
 
 
+# Commands whose options live with their module (and whose imports are heavy): argv goes to them whole.
+DELEGATED = {"reindex": "pixdex.index.reindex", "models build": "pixdex.models.build",
+             "bench analyze": "pixdex.models.bench"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    for words, module in DELEGATED.items():
+        n = len(words.split())
+        if args_list[:n] == words.split():
+            return _delegate(module, args_list[n:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -95,17 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--batch-size", type=int, default=32)
     backfill.set_defaults(func=_cmd_backfill)
 
+    # Listed for --help; main() hands their arguments to their modules.
     models = sub.add_parser("models", help="the model files")
-    models_sub = models.add_subparsers(dest="models_command")
-    mb = models_sub.add_parser("build", help="export the models to ONNX from registry packages (needs torch)",
-                               add_help=False)
-    mb.add_argument("rest", nargs=argparse.REMAINDER)
-    mb.set_defaults(func=lambda a: _delegate("pixdex.models.build", a.rest))
-
-    reindex = sub.add_parser("reindex", help="build a new index version and switch to it with no downtime",
-                             add_help=False)
-    reindex.add_argument("rest", nargs=argparse.REMAINDER)
-    reindex.set_defaults(func=lambda a: _delegate("pixdex.index.reindex", a.rest))
+    models.add_subparsers(dest="models_command").add_parser(
+        "build", help="export the models to ONNX from registry packages (needs torch)")
+    sub.add_parser("reindex", help="new index version and alias swap, or --from-bucket rebuild")
 
     bench = sub.add_parser("bench", help="benchmarks; results go to docs/benchmarks.md")
     bench_sub = bench.add_subparsers(dest="bench_command")
@@ -118,14 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     bq = bench_sub.add_parser("query", help="query latency through the handler at growing index sizes")
     bench_query.add_arguments(bq)
     bq.set_defaults(func=bench_query.run)
-    ba = bench_sub.add_parser("analyze", help="model throughput on 12 MP photos", add_help=False)
-    ba.add_argument("rest", nargs=argparse.REMAINDER)
-    ba.set_defaults(func=lambda a: _delegate("pixdex.models.bench", a.rest))
+    bench_sub.add_parser("analyze", help="model throughput on 12 MP photos")
     return p
 
 
 def _delegate(module: str, argv: list[str]) -> int:
-    """Commands whose options live with their module (and whose imports are heavy): load on use."""
     import importlib
 
     return int(importlib.import_module(module).main(argv))

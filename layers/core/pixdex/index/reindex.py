@@ -263,7 +263,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--swap", action="store_true", help="move the alias to the staging index (after --mode empty)")
     parser.add_argument("--drop-old", action="store_true", help="delete the previous index after the swap")
     parser.add_argument("--status", action="store_true", help="show what the alias points at and exit")
+    parser.add_argument("--from-bucket", action="store_true",
+                        help="rebuild from the originals bucket (the source of truth) into a new index, then "
+                             "switch to it: re-derives every document with the current code and models")
+    parser.add_argument("--prefix", default="", help="with --from-bucket: only objects under this prefix")
     return parser
+
+
+def rebuild_from_bucket(settings: Settings, *, prefix: str = "", drop_old: bool = False,
+                        log: Callable[[str], None] = print) -> int:
+    """Run the pipeline over every original into a fresh index, then switch readers to it: on a cluster by
+    the alias swap; for the embedded index by atomically replacing the database file (stop `pixdex up`
+    first: processes holding the old file keep reading it)."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from pixdex import heavy
+    from pixdex.runtime import Runtime
+
+    cluster = settings.index_url.startswith(("http://", "https://"))
+    if cluster:
+        index = open_cluster_index(_options(settings))
+        new = prepare_empty(index)
+        target = settings.replace(index_name=index.alias + STAGING_SUFFIX)
+        log(f"rebuilding into {new} (staging alias {target.index_name})")
+    else:
+        current = Path(urlparse(settings.index_url).path)
+        fresh = current.with_name(current.name + ".rebuild")
+        for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+            leftover.unlink(missing_ok=True)
+        target = settings.replace(index_url=f"sqlite:///{fresh}")
+        log(f"rebuilding into {fresh}")
+    runtime = Runtime(target, route_heavy=False)
+    keys = heavy.collect_keys(runtime, settings.originals_bucket, [], prefix, None)
+    progress = heavy.run(runtime, bucket=settings.originals_bucket, keys=keys,
+                         job_id=f"reindex-{int(time.time())}")
+    runtime.index.close()
+    log(f"{progress.done} objects: {progress.processed} indexed, {progress.failed} failed (reasons on the documents)")
+    if cluster:
+        old, moved = swap_to_staging(index, drop_old=drop_old)
+        log(f"{index.alias}: {old} -> {moved}")
+    else:
+        os.replace(fresh, current)
+        for stale in (Path(f"{current}-wal"), Path(f"{current}-shm")):
+            stale.unlink(missing_ok=True)
+        log(f"{current} replaced")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -274,8 +319,15 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
         base = base.replace(index_url=args.index_url)
     if args.index_name:
         base = base.replace(index_name=args.index_name)
+    if args.from_bucket:
+        try:
+            return rebuild_from_bucket(base, prefix=args.prefix, drop_old=args.drop_old)
+        except PixdexError as exc:
+            print(f"pixdex reindex: {exc.message}")
+            return 1
     if not base.index_url.startswith(("http://", "https://")):
-        print(f"pixdex reindex: {base.index_url!r} is not a search cluster; the embedded index needs no reindex")
+        print(f"pixdex reindex: {base.index_url!r} is not a search cluster; the embedded index needs no mapping "
+              "reindex (use --from-bucket to rebuild it from the originals)")
         return 2
     try:
         index = open_cluster_index(_options(base))
