@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -53,6 +54,8 @@ class Analyzer(Protocol):
 
 # Hashes and EXIF need only a small decode; the models' own needs are added from their settings.
 _ANALYZE_DECODE_SIZE = 512
+# Fetch + decode threads per analyze batch: enough to keep a Lambda's (or the GPU task's) cores busy.
+_DECODE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -114,34 +117,53 @@ class Pipeline:
         return Outcome.PROCESSED
 
     def analyze_many(self, events: Sequence[ObjectEvent]) -> list[Outcome | Exception]:
-        """Analyze a batch: per-object work first, then the models once over every image, so the models
-        see real batches. The result list matches ``events``; an item is an Outcome or the error that
-        failed it (its reason is also recorded on its document)."""
+        """Analyze a batch: objects are fetched and decoded on a few threads (Pillow and S3 reads release the
+        GIL), then the models run once over every image, so they see real batches. The result list matches
+        ``events``; an item is an Outcome or the error that failed it (also recorded on its document)."""
         results: list[Outcome | Exception] = [Outcome.MISSING] * len(events)
-        ready: list[tuple[int, _Work, dict[str, Any], Image.Image]] = []
         analyzer = self._analyzer() if events else None
         decode_side = max(_ANALYZE_DECODE_SIZE, analyzer.decode_side if analyzer is not None else 0)
+        todo: list[tuple[int, ObjectEvent, _Work]] = []
         for i, event in enumerate(events):
+            if event.kind == "removed":
+                continue
             try:
-                if event.kind == "removed":
-                    continue
                 work = self._begin("analyze", event)
-                if isinstance(work, Outcome):
-                    results[i] = work
-                    continue
-                try:
-                    self._fetch(event, work)
-                    if self._route_to_gpu(work):
-                        results[i] = Outcome.ROUTED
-                        continue
-                    fields, image = self._analyze_fields(work, decode_side)
-                    work.data = b""  # a batch of large originals must not stay in memory while the models run
-                except PixdexError as exc:
-                    self._fail(work, exc)
-                    raise
-                ready.append((i, work, fields, image))
             except Exception as exc:
                 results[i] = exc
+                continue
+            if isinstance(work, Outcome):
+                results[i] = work
+            else:
+                todo.append((i, event, work))
+
+        def prepare(item: tuple[int, ObjectEvent, _Work]) -> tuple[dict[str, Any], Image.Image] | None:
+            _, event, work = item
+            self._fetch(event, work)
+            if self._wants_gpu(work):
+                return None
+            fields, image = self._analyze_fields(work, decode_side)
+            work.data = b""  # a batch of large originals must not stay in memory while the models run
+            return fields, image
+
+        ready: list[tuple[int, _Work, dict[str, Any], Image.Image]] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(_DECODE_THREADS, len(todo)))) as pool:
+            futures = [pool.submit(prepare, item) for item in todo]
+            for (i, _, work), future in zip(todo, futures, strict=True):
+                # Index writes and job submission stay on this thread, in event order.
+                try:
+                    try:
+                        prepared = future.result()
+                        if prepared is None:
+                            self._route_to_gpu(work)
+                            results[i] = Outcome.ROUTED
+                            continue
+                    except PixdexError as exc:
+                        self._fail(work, exc)
+                        raise
+                    ready.append((i, work, *prepared))
+                except Exception as exc:
+                    results[i] = exc
         if analyzer is not None and ready:
             from pixdex.models.analysis import CaptionContext
 
@@ -216,17 +238,19 @@ class Pipeline:
             raise ImageTooLargeError(f"object is larger than the {limit} byte limit", limit=limit)
         work.data = data
 
-    def _route_to_gpu(self, work: _Work) -> bool:
-        """Queue images over the pixel threshold for the GPU task; the document records it is pending."""
+    def _wants_gpu(self, work: _Work) -> bool:
+        """Images over the pixel threshold go to the GPU task (read from the header, no decode)."""
         if self.jobs is None or not self.settings.routes_to_gpu:
             return False
         info = imaging.probe(work.data, self.settings.limits)
-        if info.width * info.height <= self.settings.gpu_pixel_threshold:
-            return False
+        return info.width * info.height > self.settings.gpu_pixel_threshold
+
+    def _route_to_gpu(self, work: _Work) -> None:
+        """Queue the object for the GPU task; the document records that its analysis is pending."""
+        assert self.jobs is not None
         job_id = self.jobs.submit(bucket=work.identity["bucket"], keys=[work.resolved.key],
                                   name=f"pixdex-analyze-{work.resolved.doc_id}")
         self._commit(work, {}, state={**work.state, "pending": "gpu", "job_id": job_id})
-        return True
 
     def _commit(self, work: _Work, fields: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         self.index.upsert(work.resolved.doc_id,
