@@ -1,18 +1,25 @@
-"""Vector codecs, popcount and the in-memory row store behind exact k-NN and hash search."""
+"""Vector codecs, kernels, popcount, and the in-memory row and vector stores behind k-NN and hash search."""
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from pixdex.errors import IndexMappingError, InvalidRequestError
+from pixdex.index import vectors
 from pixdex.index.vectors import (
-    FacetColumns,
     RowStore,
+    VectorStore,
+    decode_half,
     decode_vectors,
     encode_vector,
+    half_dots,
+    int8_dots,
     phash_to_int,
     popcount64,
+    quantize,
+    shortlist_size,
     similarities,
     unit_vector,
 )
@@ -46,7 +53,11 @@ def test_float16_round_trip_is_close() -> None:
 def test_decoding_blobs_of_another_dimension_fails() -> None:
     with pytest.raises(IndexMappingError):
         decode_vectors([encode_vector(np.ones(4, dtype=np.float32))], 5)
+    with pytest.raises(IndexMappingError):
+        decode_half([encode_vector(np.ones(4, dtype=np.float32))], 3)
     assert decode_vectors([], 7).shape == (0, 7)
+    half = decode_half([encode_vector(np.full(4, 0.5, dtype=np.float32))], 4)
+    assert half.dtype == np.float16 and half.tolist() == [[0.5] * 4]
 
 
 def test_popcount_matches_python_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,54 +123,6 @@ def test_row_store_load_replaces_everything() -> None:
     assert store.values[store.rows_for(np.array([8, 4], dtype=np.int64))].ravel().tolist() == [8.0, 4.0]
 
 
-def _facets() -> FacetColumns:
-    columns = FacetColumns()
-    seqs = np.array([1, 2, 3, 4], dtype=np.int64)
-    columns.set_docs(
-        seqs,
-        {
-            "format": ["jpeg", "png", "jpeg", None],
-            "camera": [None, None, "X", "Y"],
-            "year": ["2024", "2023", "2024", "2024"],
-        },
-    )
-    columns.set_labels(seqs, np.array([1, 1, 2, 3, 3, 4], dtype=np.int64), ["cat", "pet", "dog", "cat", "pet", "b"])
-    return columns
-
-
-def test_facet_counts_over_a_subset_sorted_by_count_then_value() -> None:
-    columns = _facets()
-    everything = np.array([1, 2, 3, 4], dtype=np.int64)
-    assert columns.counts("format", everything, 10) == [("jpeg", 2), ("png", 1)]
-    assert columns.counts("labels", everything, 10) == [("cat", 2), ("pet", 2), ("b", 1), ("dog", 1)]
-    assert columns.counts("labels", everything, 3) == [("cat", 2), ("pet", 2), ("b", 1)]
-    assert columns.counts("year", np.array([2, 4], dtype=np.int64), 10) == [("2023", 1), ("2024", 1)]
-    assert columns.counts("camera", np.array([1, 2], dtype=np.int64), 10) == []
-    assert columns.counts("labels", np.array([], dtype=np.int64), 10) == []
-    assert columns.counts("labels", np.array([99], dtype=np.int64), 10) == []
-
-
-def test_facet_updates_and_removals() -> None:
-    columns = _facets()
-    everything = np.array([1, 2, 3, 4], dtype=np.int64)
-    columns.set_labels(np.array([1], dtype=np.int64), np.array([1], dtype=np.int64), ["dog"])
-    columns.set_docs(np.array([2], dtype=np.int64), {"format": ["jpeg"], "camera": [None], "year": [None]})
-    assert columns.counts("labels", everything, 10) == [("dog", 2), ("b", 1), ("cat", 1), ("pet", 1)]
-    assert columns.counts("format", everything, 10) == [("jpeg", 3)]
-    columns.remove(np.array([3, 4, 77], dtype=np.int64))
-    assert columns.counts("labels", everything, 10) == [("dog", 2)]
-    assert columns.counts("year", everything, 10) == [("2024", 1)]
-
-
-def test_facet_entries_are_compacted_without_losing_counts() -> None:
-    columns = FacetColumns()
-    seqs = np.arange(1, 3001, dtype=np.int64)
-    for round_ in range(4):
-        columns.set_labels(seqs, np.repeat(seqs, 2), [f"l{round_}", "same"] * len(seqs))
-    assert columns.counts("labels", seqs, 5) == [("l3", 3000), ("same", 3000)]
-    assert columns._entries <= 3 * 6000  # dead entries were dropped along the way
-
-
 def test_similarities_do_not_depend_on_the_rest_of_the_matrix() -> None:
     rng = np.random.default_rng(5)
     matrix = rng.standard_normal((40_000, 64)).astype(np.float32)  # more than one block of rows
@@ -170,3 +133,150 @@ def test_similarities_do_not_depend_on_the_rest_of_the_matrix() -> None:
     # Bit-identical: a document's score must not change between a filtered and an unfiltered query.
     assert np.array_equal(similarities(matrix[subset], query), full[subset])
     assert similarities(matrix[:0], query).shape == (0,)
+
+
+# -- two-stage tier: int8 scan, exact rerank ---------------------------------------------------------
+
+
+def clustered(n: int, dim: int, seed: int = 3, spread: float = 4.8) -> npt.NDArray[np.float32]:
+    """Unit vectors around 64 centres, noise of norm ``spread`` (the benchmark's generator)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((64, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, 64, n)] + spread * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    unit: npt.NDArray[np.float32] = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    return unit
+
+
+def test_quantize_keeps_each_row_within_half_a_step() -> None:
+    rows = clustered(50, 96)
+    rows[3] = 0.0
+    codes, scales = quantize(rows)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32
+    assert np.abs(codes).max() == 127
+    assert np.all(np.abs(codes.astype(np.float32) * scales[:, None] - rows) <= scales[:, None] / 2 + 1e-7)
+    assert np.all(codes[3] == 0)
+
+
+def test_int8_dots_are_exact_integers_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    codes = rng.integers(-127, 128, size=(3000, 1280), dtype=np.int8)
+    query = rng.choice(np.array([-127, 127], dtype=np.int8), size=1280)
+    codes[:10] = query  # sums past 2^24, where float32 rounds: both paths must round alike
+    codes[1, 0] -= np.sign(query[0])
+    expected = (codes.astype(np.int64) @ query.astype(np.int64)).astype(np.float32)
+    assert np.array_equal(int8_dots(codes, query), expected)
+    assert np.array_equal(int8_dots(codes, query, threads=2), expected)  # the threaded kernel sums the same
+    monkeypatch.setattr(vectors, "_SIMSIMD", None)
+    assert np.array_equal(int8_dots(codes, query), expected)
+    assert int8_dots(codes[:0], query).shape == (0,)
+
+
+def test_thread_choice_follows_the_measured_speed() -> None:
+    choice = vectors.ThreadChoice(2, explore_every=4)
+    assert [choice.pick(), choice.pick()] == [1, 1]  # untried options first, one at a time
+    choice.record(1, 0.010, 1000)
+    assert choice.pick() == 2
+    choice.record(2, 0.006, 1000)
+    picks = [choice.pick() for _ in range(8)]
+    assert picks.count(2) == 6 and picks.count(1) == 2  # the slower option is timed again now and then
+    for _ in range(10):  # the other core got busy: two threads became slow
+        choice.record(2, 0.030, 1000)
+    assert [choice.pick() for _ in range(3)].count(1) >= 2
+    assert vectors.ThreadChoice(1).options == (1,)
+
+
+def test_half_dots_keep_float32_precision_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = clustered(3000, 384).astype(np.float16)
+    query = unit_vector(np.random.default_rng(5).standard_normal(384), field="q")
+    exact = rows.astype(np.float64) @ query.astype(np.float64)
+    fast = half_dots(rows, query)
+    np.testing.assert_allclose(fast, exact, atol=2e-7)
+    subset = np.arange(0, 3000, 7)
+    assert np.array_equal(half_dots(rows[subset], query), fast[subset])  # a row's score never depends on others
+    monkeypatch.setattr(vectors, "_SIMSIMD", None)
+    np.testing.assert_allclose(half_dots(rows, query), exact, atol=2e-7)
+
+
+def test_row_store_keeps_extras_aligned() -> None:
+    store = RowStore(np.float16, 2, extras={"codes": (np.int8, 2), "scales": (np.float32, None)})
+    seqs = np.arange(1, 1501, dtype=np.int64)  # past the first capacity
+    store.put(
+        seqs,
+        np.ones((1500, 2), dtype=np.float16),
+        {"codes": np.full((1500, 2), 5, dtype=np.int8), "scales": seqs.astype(np.float32)},
+    )
+    store.remove(np.array([7], dtype=np.int64))
+    rows = store.rows_for(np.array([1500, 7, 2], dtype=np.int64))
+    assert store.extras["scales"][rows].tolist() == [1500.0, 2.0]
+    assert store.extras["codes"][store.size - 1].tolist() == [5, 5]
+    with pytest.raises(ValueError, match="extras"):
+        store.put(np.array([9], dtype=np.int64), np.ones((1, 2), dtype=np.float16))
+
+
+def test_shortlist_grows_with_k() -> None:
+    assert shortlist_size(10) == 266
+    assert shortlist_size(1000) == 1256
+    assert shortlist_size(10_000) == 12_500
+
+
+def _top(store: VectorStore, query: npt.NDArray[np.float32], ok: npt.NDArray[np.bool_], k: int) -> list[int]:
+    rows, sims = store.candidates(query, ok, k)
+    order = np.lexsort((store.rows.seqs[rows], -sims.astype(np.float64)))[:k]
+    return store.rows.seqs[rows][order].tolist()
+
+
+def test_the_tier_follows_the_size_and_scores_stay_close() -> None:
+    points = clustered(3000, 64)
+    half = points.astype(np.float16)
+    seqs = np.arange(1, 3001, dtype=np.int64)
+    store = VectorStore(64, exact_max_values=2000 * 64)
+    store.load(seqs[:1500], half[:1500])
+    assert not store.two_stage
+    store.put(seqs[1500:], half[1500:])
+    assert store.two_stage and len(store.rows) == 3000
+    query = points[17]
+    two_stage = _top(store, query, np.ones(store.rows.size, dtype=bool), 50)
+    store.remove(seqs[:1200])
+    assert not store.two_stage and len(store.rows) == 1800
+    store.put(seqs[:1200], half[:1200])
+    assert store.two_stage
+    assert _top(store, query, np.ones(store.rows.size, dtype=bool), 50) == two_stage
+    exact = VectorStore(64, exact_max_values=10**9)
+    exact.load(seqs, half)
+    assert _top(exact, query, np.ones(exact.rows.size, dtype=bool), 50) == two_stage
+
+
+@pytest.mark.parametrize(("dim", "k"), [(384, 10), (384, 1000), (1280, 10)])
+def test_two_stage_recall_against_exact_search(dim: int, k: int) -> None:
+    """recall@k of the int8 scan + rerank against exact search, on the benchmark's kind of vectors."""
+    n = 20_000
+    points = clustered(n, dim)
+    half = points.astype(np.float16)
+    seqs = np.arange(1, n + 1, dtype=np.int64)
+    approx = VectorStore(dim, exact_max_values=1)
+    approx.load(seqs, half)
+    exact = half.astype(np.float64)
+    ok = np.ones(n, dtype=bool)
+    recalls = []
+    for q in range(0, n, n // 20):
+        query = points[q]
+        truth = set((np.argsort(-(exact @ query), kind="stable")[:k] + 1).tolist())
+        recalls.append(len(truth & set(_top(approx, query, ok, k))) / k)
+    assert min(recalls) >= 0.98
+    assert np.mean(recalls) >= 0.995
+
+
+def test_selective_filters_are_scored_exactly_in_the_two_stage_tier() -> None:
+    n = 20_000
+    points = clustered(n, 128)
+    store = VectorStore(128, exact_max_values=1)
+    store.load(np.arange(1, n + 1, dtype=np.int64), points.astype(np.float16))
+    ok = np.zeros(n, dtype=bool)
+    ok[::9] = True  # 2,223 candidates: fewer than n / 5 + the shortlist
+    rows, sims = store.candidates(points[0], ok, 10)
+    assert sorted(rows.tolist()) == np.flatnonzero(ok).tolist()
+    np.testing.assert_allclose(sims, points.astype(np.float16)[rows].astype(np.float64) @ points[0], atol=2e-7)
+    ok[:] = True
+    rows, _ = store.candidates(points[0], ok, 10)
+    assert len(rows) == shortlist_size(10)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pixdex.errors import BackendUnavailableError, IndexMappingError
+from pixdex.errors import BackendUnavailableError, IndexMappingError, InvalidRequestError
 from pixdex.index import sqlite as sqlite_backend
 from pixdex.index.base import Filters, SearchQuery, VectorQuery, iter_ids
 from pixdex.index.sqlite import SCHEMA_VERSION, SqliteIndex
@@ -255,16 +255,15 @@ def test_purging_the_deletion_log_reloads_other_readers(
     assert dups[0] == "d9" and sorted(dups) == [f"d{i}" for i in range(4, 10)]
 
 
-# -- exact k-NN on both of its paths ----------------------------------------------------------------
+# -- k-NN in both tiers -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefilter_rows", [10_000, 16])
-def test_knn_is_exact_when_the_best_rows_fail_the_filter(
-    ix: SqliteIndex, monkeypatch: pytest.MonkeyPatch, prefilter_rows: int
-) -> None:
-    # 16: every filter here is "broad", so the best rows are scored first and checked in SQL,
-    # widening until enough pass. The rows nearest the query all belong to tenant "near".
-    monkeypatch.setattr(sqlite_backend, "PREFILTER_MIN_ROWS", prefilter_rows)
+@pytest.mark.parametrize("exact_vector_values", [10**9, 1], ids=["exact", "two-stage"])
+def test_knn_is_exact_when_the_best_rows_fail_the_filter(path: Path, exact_vector_values: int) -> None:
+    # The rows nearest the query all belong to tenant "near"; the filters keep the far ones. In the
+    # two-stage tier the half-size filter is scored exactly, the unfiltered query through the int8 scan.
+    ix = SqliteIndex(path, exact_vector_values=exact_vector_values)
+    ix.ensure()
     rng = np.random.default_rng(11)
     query = vec(0)
     docs: dict[str, dict[str, Any]] = {}
@@ -283,6 +282,48 @@ def test_knn_is_exact_when_the_best_rows_fail_the_filter(
     for filters, keep in cases:
         expected = sorted((-float(stored[k] @ q), k) for k, d in docs.items() if keep(d))[:25]
         assert knn_ids(ix, query, k=25, filters=filters) == [k for _, k in expected]
+    assert ix.stats()["vector_search"]["clip_vector"] == (
+        "exact" if exact_vector_values > 1 else "int8 scan + exact rerank"
+    )
+    ix.close()
+
+
+def test_vector_paging_and_scores_agree_across_tiers(path: Path) -> None:
+    rng = np.random.default_rng(12)
+    items = [(f"d{i:04d}", {"tenant": "t", "clip_vector": rng.standard_normal(DIM)}) for i in range(2000)]
+    exact = SqliteIndex(path)
+    exact.ensure()
+    exact.upsert_many(items)
+    two_stage = SqliteIndex(path, exact_vector_values=1)
+    query = SearchQuery(vector=VectorQuery("clip_vector", vec(3), k=300), size=40, filters=Filters(tenant="t"))
+    pages = []
+    for index in (exact, two_stage):
+        ids: list[str] = []
+        scores: list[float] = []
+        cursor = None
+        while True:
+            page = index.search(SearchQuery(vector=query.vector, size=40, filters=query.filters, cursor=cursor))
+            ids += iter_ids(page.hits)
+            scores += [h.score for h in page.hits]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        pages.append((ids, scores))
+    assert len(pages[0][0]) == 300 == len(set(pages[0][0]))
+    assert pages[0][0] == pages[1][0]
+    np.testing.assert_allclose(pages[0][1], pages[1][1], atol=1e-6)
+    exact.close()
+    two_stage.close()
+
+
+def test_stats_count_vectors_without_reading_every_blob(ix: SqliteIndex) -> None:
+    ix.upsert_many([(f"d{i}", {"clip_vector": vec(i % DIM)}) for i in range(30)])
+    ix.delete("d3")
+    ix.upsert("d4", {"clip_vector": None})
+    assert ix.stats()["vectors"]["clip_vector"]["count"] == 28  # from the table
+    knn_ids(ix, vec(1))
+    ix.delete("d5")
+    assert ix.stats()["vectors"]["clip_vector"]["count"] == 27  # from the in-memory copy, followed
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -380,3 +421,13 @@ def test_one_handle_serves_many_threads(ix: SqliteIndex) -> None:
         t.join(timeout=120)
     assert errors == []
     assert ix.count() == 80
+
+
+def test_knn_after_every_vector_is_gone_finds_nothing_and_still_checks_dimensions(ix: SqliteIndex) -> None:
+    ix.upsert_many([("a", {"clip_vector": vec(1)}), ("b", {"clip_vector": vec(2)})])
+    assert knn_ids(ix, vec(1)) == ["a", "b"]
+    ix.delete("a")
+    ix.delete("b")
+    assert knn_ids(ix, vec(1)) == []
+    with pytest.raises(InvalidRequestError):
+        knn_ids(ix, np.ones(DIM + 1, dtype=np.float32))
