@@ -13,7 +13,7 @@ import pytest
 from pixdex.errors import IndexMappingError, InvalidRequestError
 from pixdex.index import requests as rq
 from pixdex.index import sqlite as sqlite_backend
-from pixdex.index.base import FACET_NAMES, Filters, SearchQuery, VectorQuery
+from pixdex.index.base import FACET_NAMES, Filters, SearchQuery, VectorQuery, validate_query
 from pixdex.index.elasticsearch import ElasticsearchDialect
 from pixdex.index.mapping import (
     CREATED_FIELD,
@@ -244,15 +244,14 @@ def test_all_labels_must_be_present_and_sha256_ignores_case() -> None:
 
 
 def test_queries_are_validated_like_the_embedded_backend() -> None:
-    assert (rq.MAX_PAGE_SIZE, rq.MAX_K, rq.MAX_FACET_SIZE, rq.MAX_QUERY_TOKENS, rq.MIN_PREFIX_CHARS) == (
-        sqlite_backend.MAX_PAGE_SIZE, sqlite_backend.MAX_K, sqlite_backend.MAX_FACET_SIZE,
+    assert (rq.MAX_QUERY_TOKENS, rq.MIN_PREFIX_CHARS) == (
         sqlite_backend.MAX_QUERY_TOKENS, sqlite_backend.MIN_PREFIX_CHARS)
     v = np.ones(4, dtype=np.float32)
     for bad in (SearchQuery(size=0), SearchQuery(text="a", vector=VectorQuery("caption_vector", v)),
                 SearchQuery(vector=VectorQuery("x", v)), SearchQuery(facets=("colour",)),  # type: ignore[arg-type]
                 SearchQuery(vector=VectorQuery("caption_vector", v, min_similarity=True))):
         with pytest.raises(InvalidRequestError):
-            rq.validate_query(bad)
+            validate_query(bad)
 
 
 # -- documents ---------------------------------------------------------------------------------------

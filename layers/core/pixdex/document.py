@@ -13,6 +13,19 @@ from typing import Any, Final
 
 # Text fields searched by keyword (BM25). Each backend indexes exactly these.
 TEXT_FIELDS: Final = ("name_text", "labels", "caption", "ocr_text", "tags", "exif_text")
+# Their relative weights, the same on every backend. What names or describes the picture (file-name words,
+# labels, caption, user tags) outranks text that merely appears in it (OCR) or around it (EXIF words):
+# a photo *of* a cat should beat a screenshot that mentions cats.
+TEXT_WEIGHTS: Final[dict[str, float]] = {
+    "name_text": 4.0,
+    "labels": 3.0,
+    "caption": 2.0,
+    "ocr_text": 1.0,
+    "tags": 3.0,
+    "exif_text": 0.5,
+}
+# Fields whose matches come back as highlighted snippets.
+HIGHLIGHT_FIELDS: Final = ("caption", "ocr_text")
 
 # Vector fields: name -> dimension (None: set by the model that fills it, e.g. an optional CLIP pair).
 VECTOR_FIELDS: Final[dict[str, int | None]] = {

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from pixdex.document import VECTOR_FIELDS
+from pixdex.errors import InvalidRequestError
+
+# Limits every backend enforces the same way (a backend may hold less, never accept more).
+MAX_PAGE_SIZE: Final = 1000
+MAX_K: Final = 10_000
+MAX_FACET_SIZE: Final = 1000
 
 SortOrder = Literal["relevance", "newest", "oldest"]
 FacetName = Literal["format", "labels", "camera", "year"]
@@ -136,3 +144,31 @@ class ImageIndex(Protocol):
 
 def iter_ids(hits: Iterable[Hit]) -> list[str]:
     return [h.id for h in hits]
+
+
+def validate_query(q: SearchQuery) -> None:
+    """The checks every backend applies to a query before running it, in the same terms."""
+    if q.text is not None and q.vector is not None:
+        raise InvalidRequestError("a query is keyword or vector, not both", field="vector")
+    if q.text is not None and not isinstance(q.text, str):
+        raise InvalidRequestError("text must be a string", field="q")
+    check_range("size", q.size, 1, MAX_PAGE_SIZE)
+    check_range("facet_size", q.facet_size, 1, MAX_FACET_SIZE)
+    if q.sort not in ("relevance", "newest", "oldest"):
+        raise InvalidRequestError(f"unknown sort {q.sort!r}", field="sort")
+    for name in q.facets:
+        if name not in FACET_NAMES:
+            raise InvalidRequestError(f"unknown facet {name!r}; expected one of {FACET_NAMES}", field="facets")
+    if q.vector is not None:
+        if q.vector.field not in VECTOR_FIELDS:
+            raise InvalidRequestError(f"unknown vector field {q.vector.field!r}", field="vector.field")
+        check_range("k", q.vector.k, 1, MAX_K)
+        ms = q.vector.min_similarity
+        if ms is not None and (not isinstance(ms, int | float) or isinstance(ms, bool) or not -1.0 <= ms <= 1.0):
+            raise InvalidRequestError("min_similarity must be between -1 and 1", field="min_similarity")
+
+
+def check_range(name: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be an integer from {low} to {high}", field=name)
+    return value

@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from pixdex.document import TEXT_FIELDS, VECTOR_FIELDS
+from pixdex.document import TEXT_FIELDS, TEXT_WEIGHTS, VECTOR_FIELDS
 from pixdex.errors import IndexMappingError, InvalidRequestError, PixdexError
 from pixdex.index.vectors import phash_to_int, unit_vector
 
@@ -49,17 +49,8 @@ INTERNAL_PREFIX: Final = "pixdex_"
 INTERNAL_FIELDS: Final = (ID_FIELD, CREATED_FIELD, UPDATED_FIELD, PHASH_PARTS_FIELD, PHASH_BITS_FIELD)
 PHASH_PARTS: Final = 8
 
-# The same relative weights as the embedded backend's bm25 columns: what names or describes the picture
-# outranks text that merely appears in it (OCR) or around it (EXIF words).
-TEXT_BOOSTS: Final[Mapping[str, float]] = {
-    "name_text": 4.0,
-    "labels": 3.0,
-    "caption": 2.0,
-    "ocr_text": 1.0,
-    "tags": 3.0,
-    "exif_text": 0.5,
-}
-HIGHLIGHT_FIELDS: Final = ("caption", "ocr_text")
+# Field boosts: the weights every backend uses (pixdex.document.TEXT_WEIGHTS).
+TEXT_BOOSTS: Final[Mapping[str, float]] = TEXT_WEIGHTS
 
 ENGLISH_ANALYZER: Final = "pixdex_english"
 PLAIN_ANALYZER: Final = "pixdex_plain"

@@ -41,13 +41,21 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import numpy.typing as npt
 
-from pixdex.document import VECTOR_FIELDS
+from pixdex.document import HIGHLIGHT_FIELDS, VECTOR_FIELDS
 from pixdex.errors import BackendUnavailableError, IndexMappingError, InvalidRequestError, PixdexError
 from pixdex.index import requests as rq
-from pixdex.index.base import FacetBucket, Filters, Hit, SearchQuery, SearchResult
+from pixdex.index.base import (
+    MAX_PAGE_SIZE,
+    FacetBucket,
+    Filters,
+    Hit,
+    SearchQuery,
+    SearchResult,
+    check_range,
+    validate_query,
+)
 from pixdex.index.cursor import Cursor, CursorValue, decode_cursor, encode_cursor, query_shape
 from pixdex.index.mapping import (
-    HIGHLIGHT_FIELDS,
     ID_FIELD,
     MAPPING_VERSION,
     PHASH_PARTS,
@@ -741,7 +749,7 @@ class ClusterIndex:
         }
 
     def search(self, query: SearchQuery) -> SearchResult:
-        rq.validate_query(query)
+        validate_query(query)
         self._ready()
         shape = query_shape(query)
         cursor = decode_cursor(query.cursor, shape) if query.cursor else None
@@ -761,7 +769,7 @@ class ClusterIndex:
         phash_to_int(phash)
         if not isinstance(max_distance, int) or isinstance(max_distance, bool) or not 0 <= max_distance <= 64:
             raise InvalidRequestError("max_distance must be an integer from 0 to 64", field="max_distance")
-        rq.check_range("size", size, 1, rq.MAX_PAGE_SIZE)
+        check_range("size", size, 1, MAX_PAGE_SIZE)
         shape = self._ready()
         filters = filters or Filters()
         if max_distance < PHASH_PARTS:

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
-from pixdex.document import TEXT_FIELDS, VECTOR_FIELDS
+from pixdex.document import HIGHLIGHT_FIELDS, TEXT_FIELDS, VECTOR_FIELDS
 from pixdex.errors import InvalidRequestError
-from pixdex.index.base import FACET_NAMES, Filters, SearchQuery, SortOrder
+from pixdex.index.base import Filters, SortOrder
 from pixdex.index.mapping import (
     CREATED_FIELD,
-    HIGHLIGHT_FIELDS,
     ID_FIELD,
     INTERNAL_PREFIX,
     PHASH_BITS_FIELD,
@@ -44,9 +43,6 @@ from pixdex.index.mapping import (
 )
 
 # The same limits as the embedded backend (tests assert they agree).
-MAX_PAGE_SIZE: Final = 1000
-MAX_K: Final = 10_000
-MAX_FACET_SIZE: Final = 1000
 MAX_QUERY_TOKENS: Final = 32
 MIN_PREFIX_CHARS: Final = 3
 # Highlight markers: private-use characters, so the text around them can be HTML-escaped on the client
@@ -96,34 +92,6 @@ class Request:
 
 
 # -- validation ------------------------------------------------------------------------------------
-
-
-def validate_query(q: SearchQuery) -> None:
-    """The same checks, in the same terms, as the embedded backend."""
-    if q.text is not None and q.vector is not None:
-        raise InvalidRequestError("a query is keyword or vector, not both", field="vector")
-    if q.text is not None and not isinstance(q.text, str):
-        raise InvalidRequestError("text must be a string", field="q")
-    check_range("size", q.size, 1, MAX_PAGE_SIZE)
-    check_range("facet_size", q.facet_size, 1, MAX_FACET_SIZE)
-    if q.sort not in ("relevance", "newest", "oldest"):
-        raise InvalidRequestError(f"unknown sort {q.sort!r}", field="sort")
-    for name in q.facets:
-        if name not in FACET_NAMES:
-            raise InvalidRequestError(f"unknown facet {name!r}; expected one of {FACET_NAMES}", field="facets")
-    if q.vector is not None:
-        if q.vector.field not in VECTOR_FIELDS:
-            raise InvalidRequestError(f"unknown vector field {q.vector.field!r}", field="vector.field")
-        check_range("k", q.vector.k, 1, MAX_K)
-        ms = q.vector.min_similarity
-        if ms is not None and (not isinstance(ms, int | float) or isinstance(ms, bool) or not -1.0 <= ms <= 1.0):
-            raise InvalidRequestError("min_similarity must be between -1 and 1", field="min_similarity")
-
-
-def check_range(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be an integer from {low} to {high}", field=name)
-    return value
 
 
 # -- queries ---------------------------------------------------------------------------------------

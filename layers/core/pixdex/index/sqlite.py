@@ -62,15 +62,17 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from pixdex.document import TEXT_FIELDS, VECTOR_FIELDS
+from pixdex.document import HIGHLIGHT_FIELDS, TEXT_FIELDS, TEXT_WEIGHTS, VECTOR_FIELDS
 from pixdex.errors import BackendUnavailableError, IndexMappingError, InvalidRequestError, PixdexError
 from pixdex.index.base import (
-    FACET_NAMES,
+    MAX_PAGE_SIZE,
     FacetBucket,
     Filters,
     Hit,
     SearchQuery,
     SearchResult,
+    check_range,
+    validate_query,
 )
 from pixdex.index.columns import NULL_INT, BoolArray, DocColumns, IdFetcher, IntpArray, instant_us
 from pixdex.index.cursor import Cursor, CursorValue, decode_cursor, encode_cursor, query_shape
@@ -88,27 +90,14 @@ from pixdex.index.vectors import (
 
 SCHEMA_VERSION: Final = 1
 
-# bm25 weight per text column. What names or describes the picture (file-name words, labels, caption,
-# user tags) outranks text that merely appears in it (OCR) or around it (EXIF words): a photo *of* a
-# cat should beat a screenshot that mentions cats.
-BM25_WEIGHTS: Final[Mapping[str, float]] = {
-    "name_text": 4.0,
-    "labels": 3.0,
-    "caption": 2.0,
-    "ocr_text": 1.0,
-    "tags": 3.0,
-    "exif_text": 0.5,
-}
-HIGHLIGHT_FIELDS: Final = ("caption", "ocr_text")
+# bm25 weight per text column: the weights every backend uses (pixdex.document.TEXT_WEIGHTS).
+BM25_WEIGHTS: Final[Mapping[str, float]] = TEXT_WEIGHTS
 # Highlights are HTML-escaped text with matches wrapped in these tags, safe to render as-is.
 HIGHLIGHT_PRE: Final = "<mark>"
 HIGHLIGHT_POST: Final = "</mark>"
 
 # Porter stemming ("cats" finds "cat") over Unicode words with accents folded ("cafe" finds "café").
 TOKENIZER: Final = "porter unicode61 remove_diacritics 2"
-MAX_PAGE_SIZE: Final = 1000
-MAX_K: Final = 10_000
-MAX_FACET_SIZE: Final = 1000
 MAX_QUERY_TOKENS: Final = 32
 MAX_DOC_ID_CHARS: Final = 512
 # Shorter prefixes expand to too many terms to be useful while typing.
@@ -504,7 +493,7 @@ class SqliteIndex:
         return int(n)
 
     def search(self, query: SearchQuery) -> SearchResult:
-        _validate(query)
+        validate_query(query)
         shape = query_shape(query)
         cursor = decode_cursor(query.cursor, shape) if query.cursor else None
         if cursor is not None and not (isinstance(cursor.pin, int) and cursor.pin >= 0):
@@ -525,7 +514,7 @@ class SqliteIndex:
         target = np.uint64(phash_to_int(phash))
         if not isinstance(max_distance, int) or isinstance(max_distance, bool) or not 0 <= max_distance <= 64:
             raise InvalidRequestError("max_distance must be an integer from 0 to 64", field="max_distance")
-        _check_range("size", size, 1, MAX_PAGE_SIZE)
+        check_range("size", size, 1, MAX_PAGE_SIZE)
         with self._read() as conn:
             docs = self._sync_docs(conn)
             allowed = self._mask(conn, docs, filters or Filters(), docs.capacity)
@@ -1152,32 +1141,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
         # The original error is the one worth reporting.
         with suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-
-
-def _validate(q: SearchQuery) -> None:
-    if q.text is not None and q.vector is not None:
-        raise InvalidRequestError("a query is keyword or vector, not both", field="vector")
-    if q.text is not None and not isinstance(q.text, str):
-        raise InvalidRequestError("text must be a string", field="q")
-    _check_range("size", q.size, 1, MAX_PAGE_SIZE)
-    _check_range("facet_size", q.facet_size, 1, MAX_FACET_SIZE)
-    if q.sort not in ("relevance", "newest", "oldest"):
-        raise InvalidRequestError(f"unknown sort {q.sort!r}", field="sort")
-    for name in q.facets:
-        if name not in FACET_NAMES:
-            raise InvalidRequestError(f"unknown facet {name!r}; expected one of {FACET_NAMES}", field="facets")
-    if q.vector is not None:
-        if q.vector.field not in VECTOR_FIELDS:
-            raise InvalidRequestError(f"unknown vector field {q.vector.field!r}", field="vector.field")
-        _check_range("k", q.vector.k, 1, MAX_K)
-        ms = q.vector.min_similarity
-        if ms is not None and (not isinstance(ms, int | float) or not -1.0 <= ms <= 1.0):
-            raise InvalidRequestError("min_similarity must be between -1 and 1", field="min_similarity")
-
-
-def _check_range(name: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be an integer from {low} to {high}", field=name)
 
 
 def _after_score(cursor: Cursor) -> tuple[float, str]:
