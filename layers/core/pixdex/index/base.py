@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from pixdex.document import VECTOR_FIELDS
-from pixdex.errors import InvalidRequestError
+from pixdex.errors import InvalidRequestError, PixdexError
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Limits every backend enforces the same way (a backend may hold less, never accept more).
 MAX_PAGE_SIZE: Final = 1000
@@ -172,3 +175,19 @@ def check_range(name: str, value: object, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidRequestError(f"{name} must be an integer from {low} to {high}", field=name)
     return value
+
+
+def parse_instant(value: object, name: str, error: type[PixdexError] = InvalidRequestError) -> datetime:
+    """An ISO 8601 date or date-time as an aware datetime; no offset means UTC."""
+    if not isinstance(value, str):
+        raise error(f"{name} must be an ISO 8601 date-time string", field=name)
+    try:
+        instant = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise error(f"{name}: not an ISO 8601 date-time: {value[:40]!r}", field=name) from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def instant_us(value: object, name: str, error: type[PixdexError] = InvalidRequestError) -> int:
+    delta = parse_instant(value, name, error) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -21,8 +21,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from pixdex.errors import InvalidRequestError, PixdexError
-from pixdex.index.base import Filters
+from pixdex.errors import InvalidRequestError
+from pixdex.index.base import Filters, instant_us
 
 Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
@@ -48,19 +48,6 @@ def id_keys(ids: Sequence[str]) -> U64Array:
     packed = np.array([i.encode("utf-8", "surrogatepass")[:8] for i in ids], dtype="S8")
     keys: U64Array = packed.view(">u8").astype(np.uint64)
     return keys
-
-
-def instant_us(value: object, name: str, error: type[PixdexError]) -> int:
-    """An ISO 8601 date or date-time as UTC microseconds since the epoch; no offset means UTC."""
-    if not isinstance(value, str):
-        raise error(f"{name} must be an ISO 8601 date-time string", field=name)
-    try:
-        instant = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise error(f"{name}: not an ISO 8601 date-time: {value[:40]!r}", field=name) from None
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
-    return (instant - _EPOCH) // _US
 
 
 def _int_param(value: object, name: str) -> int:

@@ -34,7 +34,8 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from pixdex.document import TEXT_FIELDS, TEXT_WEIGHTS, VECTOR_FIELDS
-from pixdex.errors import IndexMappingError, InvalidRequestError, PixdexError
+from pixdex.errors import IndexMappingError
+from pixdex.index.base import parse_instant
 from pixdex.index.vectors import phash_to_int, unit_vector
 
 MAPPING_VERSION: Final = 1
@@ -401,19 +402,3 @@ def _scalar(name: str, kind: FieldKind, value: Any) -> Any:
     ):
         raise IndexMappingError(f"{name} must be {{'lat': -90..90, 'lon': -180..180}}", field=name)
     return dict(value)
-
-
-def parse_instant(value: object, name: str, error: type[PixdexError] = InvalidRequestError) -> datetime:
-    """An ISO 8601 date or date-time as an aware datetime; no offset means UTC."""
-    if not isinstance(value, str):
-        raise error(f"{name} must be an ISO 8601 date-time string", field=name)
-    try:
-        instant = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise error(f"{name}: not an ISO 8601 date-time: {value[:40]!r}", field=name) from None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
-
-
-def instant_us(value: object, name: str, error: type[PixdexError] = InvalidRequestError) -> int:
-    delta = parse_instant(value, name, error) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

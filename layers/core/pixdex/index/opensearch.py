@@ -52,6 +52,8 @@ from pixdex.index.base import (
     SearchQuery,
     SearchResult,
     check_range,
+    instant_us,
+    parse_instant,
     validate_query,
 )
 from pixdex.index.cursor import Cursor, CursorValue, decode_cursor, encode_cursor, query_shape
@@ -64,8 +66,6 @@ from pixdex.index.mapping import (
     KnnSettings,
     hamming,
     initial_dims,
-    instant_us,
-    parse_instant,
     physical_name,
     prepare_fields,
     read_shape,

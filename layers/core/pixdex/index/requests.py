@@ -22,7 +22,11 @@ from urllib.parse import quote
 
 from pixdex.document import HIGHLIGHT_FIELDS, TEXT_FIELDS, VECTOR_FIELDS
 from pixdex.errors import InvalidRequestError
-from pixdex.index.base import Filters, SortOrder
+from pixdex.index.base import (
+    Filters,
+    SortOrder,
+    instant_us,
+)
 from pixdex.index.mapping import (
     CREATED_FIELD,
     ID_FIELD,
@@ -34,7 +38,6 @@ from pixdex.index.mapping import (
     KnnSettings,
     analysis_settings,
     base_properties,
-    instant_us,
     mapping_meta,
     opensearch_phash_property,
     opensearch_vector_property,

@@ -72,9 +72,10 @@ from pixdex.index.base import (
     SearchQuery,
     SearchResult,
     check_range,
+    instant_us,
     validate_query,
 )
-from pixdex.index.columns import NULL_INT, BoolArray, DocColumns, IdFetcher, IntpArray, instant_us
+from pixdex.index.columns import NULL_INT, BoolArray, DocColumns, IdFetcher, IntpArray
 from pixdex.index.cursor import Cursor, CursorValue, decode_cursor, encode_cursor, query_shape
 from pixdex.index.postings import Phrase, Postings, Tokenizer, VocabularyMismatchError
 from pixdex.index.vectors import (
