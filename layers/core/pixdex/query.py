@@ -7,6 +7,7 @@ import binascii
 import dataclasses
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -39,6 +40,9 @@ MAX_VECTOR_DEPTH = 1000
 MAX_HYBRID_DEPTH = MAX_VECTOR_DEPTH
 
 SearchMode = Literal["keyword", "semantic", "hybrid"]
+
+# Runs the keyword side of hybrid searches beside the query embedding; shared by every request of a container.
+_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pixdex-query")
 
 
 class QueryEmbedder(Protocol):
@@ -176,12 +180,11 @@ class SearchService:
             if text and request.min_score is not None:
                 hits = [h for h in hits if h.score >= request.min_score]
             return {**self._shape(replace(result, hits=hits)), "mode": mode}
-        vector_query = self._vector_query(text, request)
         if request.mode == "semantic":
-            query = SearchQuery(vector=vector_query, filters=request.filters, facets=request.facets,
-                                size=request.size, cursor=request.cursor)
+            query = SearchQuery(vector=self._vector_query(text, request), filters=request.filters,
+                                facets=request.facets, size=request.size, cursor=request.cursor)
             return {**self._shape(self.index.search(query)), "mode": "semantic"}
-        return {**self._hybrid(text, vector_query, request), "mode": "hybrid"}
+        return {**self._hybrid(text, request), "mode": "hybrid"}
 
     def _vector_query(self, text: str, request: SearchRequest) -> VectorQuery:
         assert self.embedder is not None
@@ -196,16 +199,22 @@ class SearchService:
         entry = counts.get(name) if isinstance(counts, dict) else None
         return bool(entry and (entry.get("count") if isinstance(entry, dict) else entry))
 
-    def _hybrid(self, text: str, vector_query: VectorQuery, request: SearchRequest) -> dict[str, Any]:
+    def _hybrid(self, text: str, request: SearchRequest) -> dict[str, Any]:
         state = HybridCursor.decode(request.cursor, text, request) if request.cursor else HybridCursor.first(
             text, request)
         # Later pages only see documents that existed at page 1, so paging is stable while uploads go on.
         filters = replace(request.filters, uploaded_before=_earliest(request.filters.uploaded_before, state.as_of))
         depth = min(state.offset + request.size, MAX_HYBRID_DEPTH)
-        keyword = self.index.search(SearchQuery(text=text, filters=filters, facets=request.facets,
-                                                size=depth, sort="relevance"))
-        semantic = self.index.search(SearchQuery(vector=replace(vector_query, k=depth), filters=filters,
-                                                 size=depth))
+        # The keyword side needs no embedding: it runs while this thread embeds the query text (onnxruntime
+        # and the index both release the GIL), so hybrid costs about max(keyword, embedding), not the sum.
+        keyword_future = _BACKGROUND.submit(self.index.search, SearchQuery(
+            text=text, filters=filters, facets=request.facets, size=depth, sort="relevance"))
+        try:
+            vector_query = self._vector_query(text, request)
+            semantic = self.index.search(SearchQuery(vector=replace(vector_query, k=depth), filters=filters,
+                                                     size=depth))
+        finally:
+            keyword = keyword_future.result()
         fused = fuse_rrf([keyword.hits, semantic.hits],
                          weights=(self.settings.hybrid_keyword_weight, self.settings.hybrid_vector_weight))
         page = fused[state.offset:state.offset + request.size]
