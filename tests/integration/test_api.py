@@ -17,6 +17,7 @@ from moto import mock_aws
 
 from pixdex.api import create_app
 from pixdex.document import document_id
+from pixdex.packages import package_dir
 from pixdex.runtime import Runtime
 from pixdex.settings import Settings
 from tests.integration.index.conftest import BACKENDS, _backend_params
@@ -181,12 +182,10 @@ def test_openapi_documents_every_route(api: Api) -> None:
 
 
 def _sample_photo(name: str) -> bytes:
-    import importlib.util
-
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
+    skimage = package_dir("skimage")
+    if skimage is None:
         pytest.skip("scikit-image (sample photos) is not installed")
-    return (Path(next(iter(spec.submodule_search_locations))) / "data" / name).read_bytes()
+    return (skimage / "data" / name).read_bytes()
 
 
 def test_classify_and_recognize_without_indexing(api: Api) -> None:

@@ -187,12 +187,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def demo_images() -> list[Path]:
     """Sample photos that installed packages ship (scikit-image's data folder), found without importing them."""
-    import importlib.util
+    from pixdex.packages import package_dir
 
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
+    skimage = package_dir("skimage")
+    if skimage is None:
         return []
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    data = skimage / "data"
     return [data / name for name in DEMO_IMAGES if (data / name).is_file()]
 
 

@@ -74,6 +74,21 @@ def _backend_params() -> list[Any]:
     return params
 
 
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Where the SQLite-specific tests keep their index file."""
+    return tmp_path / "index.db"
+
+
+@pytest.fixture
+def ix(path: Path) -> Iterator[SqliteIndex]:
+    """A fresh embedded index, for the tests of SQLite internals (the behaviour suite uses ``index``)."""
+    index = SqliteIndex(path)
+    index.ensure()
+    yield index
+    index.close()
+
+
 @pytest.fixture(params=_backend_params())
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImageIndex]:
     backend = BACKENDS[request.param]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +21,6 @@ from pixdex.index.base import Filters, SearchQuery, VectorQuery, iter_ids
 from pixdex.index.sqlite import SCHEMA_VERSION, SqliteIndex
 
 DIM = 16
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "index.db"
-
-
-@pytest.fixture
-def ix(path: Path) -> Iterator[SqliteIndex]:
-    index = SqliteIndex(path)
-    index.ensure()
-    yield index
-    index.close()
 
 
 def vec(*hot: int, dim: int = DIM) -> npt.NDArray[np.float32]:

@@ -7,7 +7,6 @@ The postings are a copy of what FTS5 holds, kept in step by generation; these te
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +57,6 @@ QUERIES = [
     "cat zebra",
     "tree trees",
 ]
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "index.db"
-
-
-@pytest.fixture
-def ix(path: Path) -> Iterator[SqliteIndex]:
-    index = SqliteIndex(path)
-    index.ensure()
-    yield index
-    index.close()
 
 
 def fts5_ranking(path: Path, text: str, filters: Filters | None = None) -> list[tuple[str, float]]:

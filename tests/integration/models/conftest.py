@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image
 
 from pixdex.models.analysis import DEFAULT_MODEL_DIR, ImageAnalyzer, ModelSettings
 from pixdex.models.manifest import TASK_IMAGE_CLASSIFIER, TASK_TEXT_EMBEDDER, Manifest
+from pixdex.packages import package_dir
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "camera", "page", "coins",
                   "hubble_deep_field", "retina", "moon", "clock_motion", "brick", "grass", "gravel", "ihc",
@@ -17,23 +17,16 @@ SKIMAGE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left",
 SKLEARN_PHOTOS = ("china", "flower")
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def load_photos() -> dict[str, Image.Image]:
     photos: dict[str, Image.Image] = {}
-    skimage_dir = _package_dir("skimage")
+    skimage_dir = package_dir("skimage")
     if skimage_dir is not None:
         for name in SKIMAGE_PHOTOS:
             found = sorted((skimage_dir / "data").glob(f"{name}.*"))
             if found:
                 with Image.open(found[0]) as im:
                     photos[name] = im.convert("RGB")
-    sklearn_dir = _package_dir("sklearn")
+    sklearn_dir = package_dir("sklearn")
     if sklearn_dir is not None:
         for name in SKLEARN_PHOTOS:
             path = sklearn_dir / "datasets" / "images" / f"{name}.jpg"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import io
 import os
 import platform
@@ -43,6 +42,7 @@ import pixdex
 from pixdex import derivatives as dv
 from pixdex import imaging
 from pixdex.bench.report import write_section
+from pixdex.packages import package_dir
 from pixdex.settings import DerivativeSettings, ImageLimits
 
 SECTION: Final = "## compress"
@@ -180,17 +180,9 @@ def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 def _package_photos() -> Iterator[tuple[str, Path]]:
     for package, resource in _PACKAGE_PHOTOS:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for location in spec.submodule_search_locations:
-            path = Path(location) / resource
-            if path.is_file():
-                yield f"{package}/{path.name}", path
-                break
+        found = package_dir(package)
+        if found is not None and (found / resource).is_file():
+            yield f"{package}/{(found / resource).name}", found / resource
 
 
 def _tile_to(image: Image.Image, w: int, h: int) -> Image.Image:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from pixdex.models.faces import FaceAnalyzer
 from pixdex.models.manifest import Manifest
 from pixdex.models.ocr import OcrOptions, TextReader
 from pixdex.models.session import RuntimeOptions
+from pixdex.packages import package_dir
 
 SECTION = "## analyze"
 PHOTO_SOURCES = (("skimage", "data", ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png",
@@ -44,10 +44,10 @@ PHOTO_SOURCES = (("skimage", "data", ("chelsea.png", "coffee.png", "rocket.jpg",
 def sample_photos() -> dict[str, Image.Image]:
     out: dict[str, Image.Image] = {}
     for package, folder, names in PHOTO_SOURCES:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
+        found = package_dir(package)
+        if found is None:
             continue
-        root = Path(next(iter(spec.submodule_search_locations))) / folder
+        root = found / folder
         for name in names:
             if (root / name).is_file():
                 with Image.open(root / name) as im:
@@ -343,9 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           "images/s (medians)", file=sys.stderr)
 
     page = None
-    skimage = importlib.util.find_spec("skimage")
-    if skimage is not None and skimage.submodule_search_locations:
-        page_path = Path(next(iter(skimage.submodule_search_locations))) / "data" / "page.png"
+    skimage = package_dir("skimage")
+    if skimage is not None:
+        page_path = skimage / "data" / "page.png"
         if page_path.is_file():
             with Image.open(page_path) as im:
                 page = im.convert("RGB")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pixdex.models.session import ModelUnavailableError
+from pixdex.packages import package_dir
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -104,10 +105,10 @@ class ModelEntry:
 
 def package_path(package: str) -> Path:
     """The folder of an importable package, found without importing it (imports can be slow or noisy)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    found = package_dir(package)
+    if found is None:
         raise ModelUnavailableError(f"package {package!r} is not installed", package=package)
-    return Path(next(iter(spec.submodule_search_locations)))
+    return found
 
 
 def package_version(distribution: str) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import io
 import sys
 import time
@@ -22,6 +21,7 @@ from PIL import Image, ImageOps
 
 from pixdex.hashing import hamming, phash
 from pixdex.models.analysis import CaptionContext, ImageAnalyzer, ModelSettings
+from pixdex.packages import package_dir
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -42,17 +42,10 @@ TEXT_QUERIES = (
 )
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def sample_photos() -> dict[str, Image.Image]:
     out: dict[str, Image.Image] = {}
     for package, folder, names in (("skimage", "data", SKIMAGE), ("sklearn", "datasets/images", SKLEARN)):
-        root = _package_dir(package)
+        root = package_dir(package)
         if root is None:
             continue
         for name in names:
