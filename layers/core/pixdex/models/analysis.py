@@ -29,6 +29,8 @@ from pixdex.models.text_embedder import TextEmbedder
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models"
 CAPABILITIES = ("classify", "embed", "caption", "ocr", "faces", "safety", "clip")
+# How captions are written: v1 (labels, parents, OCR, name and EXIF words) is kept as the quality baseline.
+CAPTION_STYLES = ("v1", "v2")
 _T = TypeVar("_T")
 
 
@@ -48,6 +50,7 @@ class ModelSettings:
     top_k: int = 5
     # Classes below this probability (other than the top one) add no labels, only label_scores.
     min_label_score: float = 0.1
+    caption_style: str = "v2"
     batch_size: int = 16
     intra_op_threads: int = 0
     providers: tuple[str, ...] = ("auto",)
@@ -115,6 +118,13 @@ def build_caption(
     if exif_words:
         parts.append(" ".join(exif_words))
     return ". ".join(parts)
+
+
+def build_caption_v2(
+    classification: Classification | None, ocr_text: str, context: CaptionContext,
+    min_label_score: float,
+) -> str:
+    return build_caption(classification, ocr_text, context, min_label_score)
 
 
 def _error(exc: BaseException) -> str:
@@ -268,8 +278,9 @@ class ImageAnalyzer:
                     doc["models"]["clip"] = clip.get().version
 
         if s.caption:
+            builder = build_caption if s.caption_style == "v1" else build_caption_v2
             captions = [
-                build_caption(c, t, ctx, s.min_label_score)
+                builder(c, t, ctx, s.min_label_score)
                 for c, t, ctx in zip(classifications, ocr_texts, contexts, strict=True)
             ]
             for doc, caption in zip(docs, captions, strict=True):
