@@ -86,8 +86,8 @@ def _event(query: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def evaluate(photos: Sequence[EvalPhoto], workdir: Path, caption_style: str,
-             modes: Sequence[str] = MODES, settings: Settings | None = None) -> tuple[list[QueryResult], dict[str, Any]]:
+def evaluate(photos: Sequence[EvalPhoto], workdir: Path, caption_style: str, modes: Sequence[str] = MODES,
+             settings: Settings | None = None) -> tuple[list[QueryResult], dict[str, Any]]:
     """Index ``photos`` through the pipeline with one caption style, then run every description."""
     from pixdex.models.analysis import ImageAnalyzer
 
