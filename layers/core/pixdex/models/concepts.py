@@ -99,16 +99,22 @@ class ConceptProjector:
 def build_table_entry(model_dir: Path, embedder: SentenceEmbedder, text_entry: ModelEntry) -> ModelEntry:
     """Write the table into ``model_dir`` and return its manifest entry (``pixdex models build``)."""
     path = model_dir / CLASS_TEXT_FILE
-    path.write_bytes(encode_table(class_text_matrix(embedder)))
+    matrix = class_text_matrix(embedder)
+    path.write_bytes(encode_table(matrix))
+    stored = np.load(path, allow_pickle=False).astype(np.float32)
+    cosines = np.sum(stored * matrix, axis=1) / np.linalg.norm(stored, axis=1)
     table_file = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.tsv"
     return ModelEntry(
         name=CLASS_TEXT_NAME, task=TASK_CLASS_TEXT, version="1", file=CLASS_TEXT_FILE,
         sha256=sha256_file(path), bytes=path.stat().st_size,
         licence="derived: all-MiniLM-L6-v2 (Apache-2.0) over ImageNet class names (MIT) and WordNet 3.0 "
                 "parents (WordNet licence)",
-        source={"text_model": text_entry.name, "text_model_sha256": text_entry.sha256,
+        source={"package": text_entry.source.get("package"), "text_model": text_entry.name,
+                "text_model_sha256": text_entry.sha256,
                 "classes_sha256": sha256_file(table_file), "sentence": "class_sentence() in pixdex/models/concepts.py"},
         outputs=[{"name": "table", "shape": [len(imagenet_classes()), text_entry_dim(text_entry)],
                   "dtype": "float16", "meaning": "unit text embedding of each class sentence, class order"}],
+        checks={"rows": int(stored.shape[0]), "max_abs_diff_fp16_vs_fp32": float(np.abs(stored - matrix).max()),
+                "min_cosine_fp16_vs_fp32": float(cosines.min())},
         notes="ConSE projection of class probabilities into the caption space (caption style v2)",
     )
