@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixdex.models.analysis import CaptionContext, build_caption, build_caption_v2, mix_caption_vectors
+from pixdex.models.analysis import (
+    CaptionContext,
+    ModelSettings,
+    build_caption,
+    build_caption_v2,
+    mix_caption_vectors,
+)
 from pixdex.models.classifier import Classification, imagenet_classes
 from pixdex.models.concepts import (
     CLASS_TEXT_FILE,
@@ -54,6 +60,11 @@ def test_projector_weights_top_k_by_tempered_probability() -> None:
         projector.project(np.zeros(5, dtype=np.float32))
     with pytest.raises(ValueError, match="top_k"):
         ConceptProjector(table, top_k=0)
+
+
+def test_unknown_caption_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="caption_style"):
+        ModelSettings(caption_style="v3")
 
 
 def test_mix_is_unit_length_and_honours_the_weight() -> None:

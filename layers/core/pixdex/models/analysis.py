@@ -20,7 +20,13 @@ from PIL import Image
 
 from pixdex.models.classifier import Classification, ImageClassifier, l2_normalise
 from pixdex.models.clip import ClipModel, find_clip_pair
-from pixdex.models.concepts import TASK_CLASS_TEXT, ConceptProjector, class_text_matrix, load_table
+from pixdex.models.concepts import (
+    CLASS_TEXT_NAME,
+    TASK_CLASS_TEXT,
+    ConceptProjector,
+    class_text_matrix,
+    load_table,
+)
 from pixdex.models.faces import FaceAnalyzer, FaceDetectorKind, FaceOptions, FaceResult
 from pixdex.models.manifest import TASK_IMAGE_CLASSIFIER, TASK_TEXT_EMBEDDER, Manifest
 from pixdex.models.ocr import OcrOptions, OcrResult, TextReader
@@ -66,6 +72,10 @@ class ModelSettings:
     ocr_min_score: float = 0.6
     face_detector: FaceDetectorKind = "hog"
     face_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.caption_style not in CAPTION_STYLES:
+            raise ValueError(f"caption_style: {self.caption_style!r}, expected one of {', '.join(CAPTION_STYLES)}")
 
     @property
     def runtime(self) -> RuntimeOptions:
@@ -201,12 +211,14 @@ class ImageAnalyzer:
 
     def _load_concepts(self) -> ConceptProjector:
         text_entry = self._entry(TASK_TEXT_EMBEDDER)
-        table = load_table(self.manifest.first(TASK_CLASS_TEXT), self.model_dir, text_entry)
+        entry = self.manifest.first(TASK_CLASS_TEXT)
+        table = load_table(entry, self.model_dir, text_entry)
+        version = entry.provenance if table is not None and entry is not None else f"built+{text_entry.provenance}"
         if table is None:
             # No shipped table for this text model: build it once per process (seconds, not per image).
             table = class_text_matrix(self._text.get())
         s = self.settings
-        return ConceptProjector(table, top_k=s.concept_top_k, temperature=s.concept_temperature)
+        return ConceptProjector(table, top_k=s.concept_top_k, temperature=s.concept_temperature, version=version)
 
     @property
     def decode_side(self) -> int:
@@ -343,6 +355,9 @@ class ImageAnalyzer:
             return vectors  # the plain caption vector is still a caption vector
         out = vectors.copy()
         out[seen] = mix_caption_vectors(vectors[seen], projected, self.settings.caption_text_weight)
+        for j in seen:
+            # Documents name what made their vectors, so a reindex can tell v1 caption vectors from v2.
+            docs[rows[j]]["models"][CLASS_TEXT_NAME] = self._concepts.get().version
         return out
 
     @staticmethod

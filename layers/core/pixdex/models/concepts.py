@@ -78,9 +78,11 @@ class ConceptProjector:
     """Probability rows -> unit vectors in the text space: the top ``top_k`` classes, weights p**temperature
     (below 1 flattens the distribution, so the second and third guesses still count), renormalised."""
 
-    def __init__(self, table: npt.NDArray[np.float32], top_k: int = 20, temperature: float = 0.5) -> None:
+    def __init__(self, table: npt.NDArray[np.float32], top_k: int = 20, temperature: float = 0.5,
+                 version: str = "1") -> None:
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
+        self.version = version
         self.table = table.astype(np.float32)
         self.top_k = min(top_k, table.shape[0])
         self.temperature = temperature
