@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_query.add_arguments(bq)
     bq.set_defaults(func=bench_query.run)
     bench_sub.add_parser("analyze", help="model throughput on 12 MP photos")
+    from pixdex.bench import quality as bench_quality
+
+    bql = bench_sub.add_parser("quality", help="search quality (hits@1/5, MRR) on the evaluation photos")
+    bench_quality.add_arguments(bql)
+    bql.set_defaults(func=bench_quality.run)
     return p
 
 

@@ -20,6 +20,13 @@ from PIL import Image
 
 from pixdex.models.classifier import Classification, ImageClassifier, l2_normalise
 from pixdex.models.clip import ClipModel, find_clip_pair
+from pixdex.models.concepts import (
+    CLASS_TEXT_NAME,
+    TASK_CLASS_TEXT,
+    ConceptProjector,
+    class_text_matrix,
+    load_table,
+)
 from pixdex.models.faces import FaceAnalyzer, FaceDetectorKind, FaceOptions, FaceResult
 from pixdex.models.manifest import TASK_IMAGE_CLASSIFIER, TASK_TEXT_EMBEDDER, Manifest
 from pixdex.models.ocr import OcrOptions, OcrResult, TextReader
@@ -29,6 +36,8 @@ from pixdex.models.text_embedder import TextEmbedder
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models"
 CAPABILITIES = ("classify", "embed", "caption", "ocr", "faces", "safety", "clip")
+# How captions are written: v1 (labels, parents, OCR, name and EXIF words) is kept as the quality baseline.
+CAPTION_STYLES = ("v1", "v2")
 _T = TypeVar("_T")
 
 
@@ -48,6 +57,13 @@ class ModelSettings:
     top_k: int = 5
     # Classes below this probability (other than the top one) add no labels, only label_scores.
     min_label_score: float = 0.1
+    caption_style: str = "v2"
+    # v2 caption vectors: weight of the caption sentence's embedding against the classes' projection
+    # (pixdex.models.concepts), and the projection's top classes and temperature. Chosen on the dev split
+    # of the evaluation photos (docs/quality.md).
+    caption_text_weight: float = 0.3
+    concept_top_k: int = 20
+    concept_temperature: float = 0.5
     batch_size: int = 16
     intra_op_threads: int = 0
     providers: tuple[str, ...] = ("auto",)
@@ -56,6 +72,10 @@ class ModelSettings:
     ocr_min_score: float = 0.6
     face_detector: FaceDetectorKind = "hog"
     face_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.caption_style not in CAPTION_STYLES:
+            raise ValueError(f"caption_style: {self.caption_style!r}, expected one of {', '.join(CAPTION_STYLES)}")
 
     @property
     def runtime(self) -> RuntimeOptions:
@@ -117,6 +137,22 @@ def build_caption(
     return ". ".join(parts)
 
 
+def build_caption_v2(
+    classification: Classification | None, ocr_text: str, context: CaptionContext,
+    min_label_score: float,
+) -> str:
+    """v1 without the EXIF words: camera makes and editing software ("Canon EOS 400D", "GIMP") say nothing
+    about the picture and pull its embedding towards every other photo from that camera. They stay
+    searchable by keyword (``exif_text``) and by the camera filter."""
+    return build_caption(classification, ocr_text, CaptionContext(name_words=context.name_words), min_label_score)
+
+
+def mix_caption_vectors(caption: npt.NDArray[np.float32], concepts: npt.NDArray[np.float32],
+                        caption_weight: float) -> npt.NDArray[np.float32]:
+    """Unit vector of ``w * caption + (1 - w) * concepts`` (both unit vectors in the same text space)."""
+    return l2_normalise((caption_weight * caption + (1.0 - caption_weight) * concepts).astype(np.float32))
+
+
 def _error(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {message}"
@@ -163,6 +199,7 @@ class ImageAnalyzer:
         self._safety = _Lazy(lambda: SafetyClassifier(self.manifest, runtime, s.batch_size))
         self._faces = _Lazy(lambda: FaceAnalyzer(self.manifest, FaceOptions(
             detector=s.face_detector, max_side=s.face_max_side)))
+        self._concepts = _Lazy(self._load_concepts)
         pair = find_clip_pair(self.model_dir, self.manifest) if s.clip else None
         self._clip = _Lazy(lambda: ClipModel(pair, self.model_dir, runtime, s.batch_size)) if pair else None
 
@@ -171,6 +208,17 @@ class ImageAnalyzer:
         if entry is None:
             raise ModelUnavailableError(f"no {task} model in {self.model_dir / 'manifest.json'}")
         return entry
+
+    def _load_concepts(self) -> ConceptProjector:
+        text_entry = self._entry(TASK_TEXT_EMBEDDER)
+        entry = self.manifest.first(TASK_CLASS_TEXT)
+        table = load_table(entry, self.model_dir, text_entry)
+        version = entry.provenance if table is not None and entry is not None else f"built+{text_entry.provenance}"
+        if table is None:
+            # No shipped table for this text model: build it once per process (seconds, not per image).
+            table = class_text_matrix(self._text.get())
+        s = self.settings
+        return ConceptProjector(table, top_k=s.concept_top_k, temperature=s.concept_temperature, version=version)
 
     @property
     def decode_side(self) -> int:
@@ -268,8 +316,9 @@ class ImageAnalyzer:
                     doc["models"]["clip"] = clip.get().version
 
         if s.caption:
+            builder = build_caption if s.caption_style == "v1" else build_caption_v2
             captions = [
-                build_caption(c, t, ctx, s.min_label_score)
+                builder(c, t, ctx, s.min_label_score)
                 for c, t, ctx in zip(classifications, ocr_texts, contexts, strict=True)
             ]
             for doc, caption in zip(docs, captions, strict=True):
@@ -279,11 +328,37 @@ class ImageAnalyzer:
                 [docs[i] for i in with_text], "caption",
                 lambda: self._text.get().embed([captions[i] for i in with_text]),
             )
+            if vectors is not None and s.caption_style != "v1":
+                vectors = self._with_concepts(docs, with_text, vectors, classifications)
             if vectors is not None:
                 for i, vector in zip(with_text, vectors, strict=True):
                     docs[i]["caption_vector"] = vector
                     docs[i]["models"][self._text.get().entry.name] = self._text.get().entry.provenance
         return docs
+
+    def _with_concepts(self, docs: list[dict[str, Any]], rows: list[int], vectors: npt.NDArray[np.float32],
+                       classifications: Sequence[Classification | None]) -> npt.NDArray[np.float32]:
+        """Caption vectors mixed with the class-probability projection, for images the classifier saw."""
+        seen: list[int] = []
+        rows_of_probs: list[npt.NDArray[np.float32]] = []
+        for j, i in enumerate(rows):
+            found = classifications[i]
+            if found is not None and found.probabilities is not None:
+                seen.append(j)
+                rows_of_probs.append(found.probabilities)
+        if not seen:
+            return vectors
+        probs = np.stack(rows_of_probs)
+        projected = self._batch_step([docs[rows[j]] for j in seen], "caption",
+                                     lambda: self._concepts.get().project(probs))
+        if projected is None:
+            return vectors  # the plain caption vector is still a caption vector
+        out = vectors.copy()
+        out[seen] = mix_caption_vectors(vectors[seen], projected, self.settings.caption_text_weight)
+        for j in seen:
+            # Documents name what made their vectors, so a reindex can tell v1 caption vectors from v2.
+            docs[rows[j]]["models"][CLASS_TEXT_NAME] = self._concepts.get().version
+        return out
 
     @staticmethod
     def _batch_step(docs: list[dict[str, Any]], capability: str, run: Callable[[], _T]) -> _T | None:

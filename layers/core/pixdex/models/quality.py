@@ -219,9 +219,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     fashion = fashion_retrieval(analyzer, args.per_class, args.seed)
     report = render(photos, sections, t2i_lines, t2i_summary, fashion)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
+    args.output.write_text(_keep_other_sections(report, args.output))
     print(report)
     return 0
+
+
+def _keep_other_sections(report: str, path: Path) -> str:
+    """This study rewrites its own sections; sections other benchmarks wrote into the file stay."""
+    if not path.is_file():
+        return report
+    own = {line.strip() for line in report.splitlines() if line.startswith("## ")}
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.strip() not in own
+        if keep:
+            kept.append(line)
+    return report.rstrip("\n") + ("\n\n" + "\n".join(kept).rstrip("\n") + "\n" if kept else "\n")
 
 
 def render(photos: dict[str, Image.Image], sections: dict[str, list[str]], t2i: list[str], t2i_summary: dict[str, str],
