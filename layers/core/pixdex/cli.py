@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pixdex import __version__
+from pixdex import constants as env_names
 
 DEFAULT_DATA_DIR = Path(".pixdex")
 STATE_FILE = "stack.json"
@@ -147,6 +148,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     stack = LocalStack(UpOptions(
         data_dir=args.data, api_port=args.api_port, aws_port=args.aws_port, template=args.template,
         max_receive_count=args.max_receive_count, index_url=args.index_url,
+        # The models switch (e.g. PIXDEX_CAPABILITIES=...,faces) reaches the local functions as it would in AWS.
+        extra_env={name: os.environ[name] for name in (env_names.CAPABILITIES,) if name in os.environ},
     ))
     stopping = threading.Event()
 
