@@ -137,7 +137,8 @@ function card(hit) {
   const img = hit.thumbnail_url
     ? el("img", { src: hit.thumbnail_url, alt: hit.caption || hit.name || "image", loading: "lazy",
                   width: 256, height: 256 })
-    : el("div", { class: "no-thumb", text: "processing…" });
+    // Not compressed yet, or it could not be (the detail view says which).
+    : el("div", { class: "no-thumb", text: "no preview" });
   const button = el("button", { type: "button", class: "card-open", "data-id": hit.id,
                                 "aria-label": `Open ${hit.name || hit.id}`, onclick: () => openDetail(hit.id) }, img);
   return el("li", { class: "card", "data-id": hit.id, "data-key": hit.key || "" },
@@ -187,7 +188,7 @@ function renderChips() {
   for (const name of ["labels", "format", "camera"]) {
     for (const v of state.facetFilters[name]) add(`${FACET_TITLES[name]}: ${v}`, () => toggleFacet(name, v));
   }
-  if (state.facetFilters.year !== null) add(`Year: ${state.facetFilters.year}`, () => toggleFacet("year", state.facetFilters.year));
+  if (state.facetFilters.year !== null) add(`Taken in ${state.facetFilters.year}`, () => toggleFacet("year", state.facetFilters.year));
   const q = state.query;
   if (q && q.kind !== "search") add(q.title, () => runSearch());
 }
@@ -445,6 +446,8 @@ function drawOverlay(doc) {
 function renderDetail(doc) {
   state.detail = doc;
   $("#detail-title").textContent = doc.name || doc.key || doc.id;
+  const [fw, fh] = doc.box_frame || [doc.width || 3, doc.height || 2];
+  $("#stage-frame").style.setProperty("--ar", String(fw / fh));
   const img = $("#detail-img");
   img.src = doc.preview_url || doc.thumbnail_url || doc.original_url || "";
   img.alt = doc.caption || doc.name || "image";
