@@ -166,6 +166,7 @@ def _idle(driver: Any) -> bool:
 
 
 def _open(driver: Any, site: RunningStack, fragment: str = "") -> None:
+    driver.get("about:blank")  # a new fragment alone would not load the page again
     driver.get(site.api + "/" + fragment)
     _wait(driver, lambda d: _css(d, "#grid .card") and _idle(d), "the first page of results")
 
@@ -217,6 +218,23 @@ def test_page_served_by_the_stack_with_its_own_assets(site: RunningStack, browse
     assert {"labels", "format", "year"} <= set(facet_names)
     assert _console_errors(browser) == []
     browser.save_screenshot(str(shots / "grid-desktop.png"))
+
+
+def test_grid_pages_as_it_scrolls(site: RunningStack, browser: Any) -> None:
+    # A short phone screen and pages of two: the first pages fill the screen, the rest come on scrolling.
+    browser.set_window_size(PHONE[0], 560)
+    try:
+        _open(browser, site, "#size=2")
+        seen = len(_keys(browser))
+        assert 2 <= seen < len(SEED_OBJECTS)
+        while seen < len(SEED_OBJECTS):
+            browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+            _wait(browser, lambda d, n=seen: len(_keys(d)) > n and _idle(d), f"more than {seen} cards after scrolling")
+            seen = len(_keys(browser))
+        assert sorted(_keys(browser)) == sorted(SEED_OBJECTS)
+        assert f"{len(SEED_OBJECTS)} of {len(SEED_OBJECTS)}" in browser.find_element("id", "status").text
+    finally:
+        browser.set_window_size(*DESKTOP)
 
 
 def test_keyword_search_and_mode_switch(site: RunningStack, browser: Any, shots: Path) -> None:

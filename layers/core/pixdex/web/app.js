@@ -24,7 +24,7 @@ const svg = (tag, attrs) => {
 
 const FACETS = ["labels", "format", "camera", "year"];
 const FACET_TITLES = { labels: "Labels", format: "Format", camera: "Camera", year: "Year" };
-const PAGE_SIZE = 24;
+const PAGE_SIZE = 24;  // a link may ask for another (#size=N, 1-100)
 // Query images are shrunk before sending: the models need far fewer pixels, and inline bodies are capped.
 const QUERY_IMAGE_SIDE = 1024;
 const POLL_MS = 700;
@@ -38,6 +38,7 @@ const state = {
   cursor: null,
   loading: false,
   hits: new Map(),
+  pageSize: PAGE_SIZE,
   detail: null,
   generation: 0,
 };
@@ -219,7 +220,7 @@ async function load({ append }) {
   setStatus(append ? "Loading more…" : "Searching…");
   try {
     const p = searchParams();
-    p.set("size", String(PAGE_SIZE));
+    p.set("size", String(state.pageSize));
     if (append && state.cursor) p.set("cursor", state.cursor);
     let data;
     if (q.kind === "search") {
@@ -260,6 +261,14 @@ async function load({ append }) {
   } finally {
     if (generation === state.generation) state.loading = false;
   }
+  // The observer only reports changes: a page that leaves the sentinel in view must ask for the next itself.
+  if (generation === state.generation && state.cursor && sentinelNear()) load({ append: true });
+}
+
+const SCROLL_MARGIN_PX = 200;
+
+function sentinelNear() {
+  return $("#sentinel").getBoundingClientRect().top < window.innerHeight + SCROLL_MARGIN_PX;
 }
 
 function runSearch() {
@@ -268,7 +277,10 @@ function runSearch() {
   state.query = { kind: "search", text, mode, title: text ? `“${text}” (${mode})` : "All images" };
   state.cursor = null;
   const url = new URL(location.href);
-  url.hash = text ? `q=${encodeURIComponent(text)}&mode=${mode}` : "";
+  const hash = new URLSearchParams();
+  if (text) { hash.set("q", text); hash.set("mode", mode); }
+  if (state.pageSize !== PAGE_SIZE) hash.set("size", String(state.pageSize));
+  url.hash = hash.toString();
   history.replaceState(null, "", url);
   return load({ append: false });
 }
@@ -706,7 +718,7 @@ function wire() {
   // Pages on scroll: the sentinel after the grid comes into view.
   new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting)) load({ append: true });
-  }, { rootMargin: "400px" }).observe($("#sentinel"));
+  }, { rootMargin: `${SCROLL_MARGIN_PX}px` }).observe($("#sentinel"));
 }
 
 async function start() {
@@ -718,6 +730,8 @@ async function start() {
   wire();
   renderAccount();
   const hash = new URLSearchParams(location.hash.slice(1));
+  const size = Number(hash.get("size"));
+  if (Number.isInteger(size) && size >= 1 && size <= 100) state.pageSize = size;
   if (hash.get("q")) $("#q").value = hash.get("q");
   const mode = hash.get("mode");
   if (mode && document.getElementById(`mode-${mode}`)) document.getElementById(`mode-${mode}`).checked = true;
