@@ -342,7 +342,7 @@ def test_upload_by_drop_appears_and_is_searchable(site: RunningStack, browser: A
     browser.save_screenshot(str(shots / "upload.png"))
 
 
-def test_unreadable_upload_says_why(site: RunningStack, browser: Any) -> None:
+def test_unreadable_upload_says_why(site: RunningStack, browser: Any, shots: Path) -> None:
     _open(browser, site)
     _drop(browser, "#dropzone", "holiday.jpg", "image/jpeg", imagegen.garbage_bytes(4096, seed=3))
     row = _wait(browser, lambda d: d.execute_script(
@@ -351,6 +351,7 @@ def test_unreadable_upload_says_why(site: RunningStack, browser: Any) -> None:
     assert "holiday.jpg" in row
     # The pipeline's own reason, not a generic failure.
     assert "Could not process" in row and "image" in row.lower()
+    browser.save_screenshot(str(shots / "upload-error.png"))
     # A file that is no image at all is refused before it is sent.
     _drop(browser, "#dropzone", "notes.txt", "text/plain", b"hello")
     _wait(browser, lambda d: "not an image" in d.execute_script(
