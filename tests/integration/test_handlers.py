@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from PIL import Image
 
 from pixdex.document import document_id
 from pixdex.index.sqlite import SqliteIndex
@@ -152,11 +154,8 @@ def test_analyze_with_faces_stores_boxes_in_a_recorded_frame(aws: Any, aws_env: 
     if skimage is None:
         pytest.skip("scikit-image (its sample photos) is not installed")
     monkeypatch.setenv("PIXDEX_CAPABILITIES", "classify,embed,caption,ocr,safety,faces")
-    # A 1024-px JPEG decodes at half size for 512-px models: boxes are in that frame, not the original's.
-    import io
-
-    from PIL import Image
-
+    # A 2048-px JPEG decodes at a fraction of its size (JPEG draft) for the models: the boxes are in that
+    # frame, not the original's, and the document says which frame it is.
     photo = Image.open(skimage / "data" / "astronaut.png").convert("RGB").resize((2048, 2048))
     out = io.BytesIO()
     photo.save(out, "JPEG", quality=90)
