@@ -179,7 +179,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             else:
                 n = _upload_and_wait(files, state, prefix="demo/", timeout=300.0)
                 print(f"demo: {n} sample images ingested; try: curl '{stack.api_url}/search?q=coffee'", flush=True)
-        print("ready; Ctrl-C stops", flush=True)
+        print(f"ready; the web page is at {stack.api_url}/ ; Ctrl-C stops", flush=True)
         stopping.wait()
     finally:
         print("stopping...", file=sys.stderr)
