@@ -307,7 +307,11 @@ async function shrink(file) {
   const canvas = document.createElement("canvas");
   canvas.width = Math.max(1, Math.round(bitmap.width * scale));
   canvas.height = Math.max(1, Math.round(bitmap.height * scale));
-  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const ctx = canvas.getContext("2d");
+  // Transparent areas over white, as the pipeline shows them to the models (JPEG has no alpha).
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   return await new Promise((resolve) => canvas.toBlob((b) => resolve(b || file), "image/jpeg", 0.9));
 }
 
@@ -355,10 +359,21 @@ function stageError(doc) {
   return null;
 }
 
+// Browsers leave the type empty for some formats (HEIC on most desktops): go by the file name then.
+const TYPES_BY_SUFFIX = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp",
+  gif: "image/gif", bmp: "image/bmp", tif: "image/tiff", tiff: "image/tiff", heic: "image/heic",
+  heif: "image/heif", avif: "image/avif" };
+
+function contentType(file) {
+  if (file.type) return file.type;
+  return TYPES_BY_SUFFIX[(file.name.split(".").pop() || "").toLowerCase()] || "";
+}
+
 async function uploadFile(file) {
   const ui = uploadRow(file);
-  if (file.type && !file.type.startsWith("image/")) {
-    ui.set(`Not uploaded: “${file.name}” is not an image (${file.type}).`, "error");
+  const type = contentType(file);
+  if (!type.startsWith("image/")) {
+    ui.set(`Not uploaded: “${file.name}” is not an image${type ? ` (${type})` : ""}.`, "error");
     return null;
   }
   try {
@@ -366,7 +381,7 @@ async function uploadFile(file) {
     const slot = await api("/uploads", {
       method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify({ filename: file.name.replace(/[\\/\x00-\x1f]/g, "_").slice(-255),
-                             content_type: file.type || "image/jpeg" }),
+                             content_type: type }),
     });
     if (file.size > slot.max_bytes) {
       ui.set(`Not uploaded: ${formatBytes(file.size)} is over the ${formatBytes(slot.max_bytes)} limit.`, "error");
