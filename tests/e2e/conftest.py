@@ -55,9 +55,9 @@ class RunningStack:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_stack(data_dir: Path, *extra: str) -> RunningStack:
+def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> RunningStack:
     api_port, aws_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
          "--aws-port", str(aws_port), "--max-receive-count", "2", *extra],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from PIL import Image
 
 from pixdex.document import document_id
 from pixdex.index.sqlite import SqliteIndex
@@ -142,3 +144,31 @@ def test_query_sample_events(aws: Any, aws_env: dict[str, str]) -> None:
     assert len(doc["labels"]) >= 1 and doc["caption"]
     openapi = json.loads(query(sample("query-openapi.json"), CTX)["body"])
     assert "/search" in openapi["paths"] and "/images/{image_id}" in openapi["paths"]
+
+
+def test_analyze_with_faces_stores_boxes_in_a_recorded_frame(aws: Any, aws_env: dict[str, str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixdex.packages import package_dir
+
+    skimage = package_dir("skimage")
+    if skimage is None:
+        pytest.skip("scikit-image (its sample photos) is not installed")
+    monkeypatch.setenv("PIXDEX_CAPABILITIES", "classify,embed,caption,ocr,safety,faces")
+    # A 2048-px JPEG decodes at a fraction of its size (JPEG draft) for the models: the boxes are in that
+    # frame, not the original's, and the document says which frame it is.
+    photo = Image.open(skimage / "data" / "astronaut.png").convert("RGB").resize((2048, 2048))
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=90)
+    events = _put(aws, aws_env, out.getvalue())
+    assert load_function("analyze")(events["analyze.json"], CTX) == {"batchItemFailures": []}
+    doc = _index(aws_env).get(document_id(aws_env["PIXDEX_ORIGINALS_BUCKET"], KEY))
+    assert doc is not None and doc["width"] == 2048
+    fw, fh = doc["box_frame"]
+    assert 0 < fw <= 2048 and fw == fh
+    (face,) = doc["faces"]
+    x0, y0, x1, y1 = face["box"]
+    assert 0 <= x0 < x1 <= fw and 0 <= y0 < y1 <= fh
+    # Eileen Collins' face sits around x 170-270 of the 512-px photo: the same place in the recorded frame.
+    assert 0.3 < x0 / fw < 0.55 and 0.1 < y0 / fh < 0.35
+    (vector,) = doc["face_vectors"]
+    assert len(vector) == 128 and all(isinstance(v, float) for v in vector)

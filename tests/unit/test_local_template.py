@@ -89,3 +89,31 @@ def test_gateway_routes_match_like_api_gateway() -> None:
     assert route.match("POST", "/images/abc/similar") is None
     assert route.match("GET", "/images/a/b/similar") is None
     assert Route("ANY", "/files/{path+}").match("DELETE", "/files/a/b%20c") == {"path": "a/b c"}
+
+
+def test_bucket_cors_rules_come_from_the_template(tmp_path: Path) -> None:
+    path = tmp_path / "template.yaml"
+    path.write_text("""
+Parameters:
+  Origins: {Type: CommaDelimitedList, Default: "https://a.example, https://b.example"}
+Resources:
+  Up:
+    Type: AWS::S3::Bucket
+    Properties:
+      BucketName: up
+      CorsConfiguration:
+        CorsRules:
+          - {AllowedMethods: [POST], AllowedOrigins: !Ref Origins, AllowedHeaders: [content-type], MaxAge: 60}
+  Plain: {Type: AWS::S3::Bucket, Properties: {BucketName: plain}}
+""")
+    spec = read_stack(path)
+    assert spec.bucket_cors == {"Up": [{"AllowedMethods": ["POST"], "AllowedOrigins": [
+        "https://a.example", "https://b.example"], "AllowedHeaders": ["content-type"], "MaxAgeSeconds": 60}]}
+
+
+def test_the_real_template_lets_browsers_upload_and_read_locally() -> None:
+    spec = read_stack(REPO / "template.yaml")
+    (upload,) = spec.bucket_cors["OriginalsBucket"]
+    assert "POST" in upload["AllowedMethods"] and upload["AllowedOrigins"] == ["*"]
+    (read,) = spec.bucket_cors["DerivativesBucket"]
+    assert "GET" in read["AllowedMethods"]

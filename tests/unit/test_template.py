@@ -815,3 +815,51 @@ def test_custom_resource_delete_never_blocks_the_stack(security_api: Any) -> Non
     status, calls = security_api("Delete", lambda method, path, attempt: 500)
     assert status == "SUCCESS"
     assert sum(1 for c in calls if c[0] == "DELETE") == 1  # one try, then let the stack go
+
+
+# ---------------------------------------------------------------- web page
+
+
+def test_site_bucket_is_private_and_read_only_by_its_distribution(template: dict[str, Any]) -> None:
+    p = props(template, "SiteBucket")
+    assert p["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"], True
+    )
+    assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"}
+    (policy,) = (x["Properties"] for x in of_type(template, "AWS::S3::BucketPolicy").values()
+                 if x["Properties"]["Bucket"] == {"Ref": "SiteBucket"})  # fmt: skip
+    allows = [s for s in statements(policy["PolicyDocument"]) if s["Effect"] == "Allow"]
+    assert len(allows) == 1 and allows[0]["Principal"] == {"Service": "cloudfront.amazonaws.com"}
+    assert allows[0]["Action"] == "s3:GetObject"
+    source = allows[0]["Condition"]["StringEquals"]["AWS:SourceArn"]
+    assert "distribution/${SiteDistribution}" in source["Fn::Sub"]
+    assert any(s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+               for s in statements(policy["PolicyDocument"]) if s["Effect"] == "Deny")
+
+
+def test_distribution_serves_the_site_over_https_with_config_from_a_function(template: dict[str, Any]) -> None:
+    config = props(template, "SiteDistribution")["DistributionConfig"]
+    (origin,) = config["Origins"]
+    assert origin["OriginAccessControlId"] == {"Fn::GetAtt": ["SiteOriginAccessControl", "Id"]}
+    behaviours = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
+    assert all(b["ViewerProtocolPolicy"] == "redirect-to-https" for b in behaviours)
+    assert all(b["ResponseHeadersPolicyId"] == {"Ref": "SiteHeadersPolicy"} for b in behaviours)
+    (cfg,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == "/config.json"]
+    (assoc,) = cfg["FunctionAssociations"]
+    assert assoc["EventType"] == "viewer-request"
+    code, names = props(template, "SiteConfigFunction")["FunctionCode"]["Fn::Sub"]
+    # The page's config: the API this stack deploys and the Cognito client it creates (or a pasted token).
+    assert "${HttpApi}.execute-api" in code and "${Auth}" in code
+    cognito, token = names["Auth"]["Fn::If"][1:]
+    assert "${UserPoolClient}" in cognito["Fn::Sub"] and "token" in token
+    # The page signs in with a plain fetch to Cognito: the client must allow that flow.
+    assert "ALLOW_USER_PASSWORD_AUTH" in props(template, "UserPoolClient")["ExplicitAuthFlows"]
+    csp = props(template, "SiteHeadersPolicy")["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"][
+        "ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
+    assert "script-src 'self'" in csp and "cognito-idp" in csp
+
+
+def test_originals_bucket_lets_the_page_upload(template: dict[str, Any]) -> None:
+    (rule,) = props(template, "OriginalsBucket")["CorsConfiguration"]["CorsRules"]
+    assert "POST" in rule["AllowedMethods"] and rule["AllowedOrigins"] == {"Ref": "CorsAllowOrigins"}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pixdex import __version__
+from pixdex import constants as env_names
 
 DEFAULT_DATA_DIR = Path(".pixdex")
 STATE_FILE = "stack.json"
@@ -152,6 +153,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     stack = LocalStack(UpOptions(
         data_dir=args.data, api_port=args.api_port, aws_port=args.aws_port, template=args.template,
         max_receive_count=args.max_receive_count, index_url=args.index_url,
+        # The models switch (e.g. PIXDEX_CAPABILITIES=...,faces) reaches the local functions as it would in AWS.
+        extra_env={name: os.environ[name] for name in (env_names.CAPABILITIES,) if name in os.environ},
     ))
     stopping = threading.Event()
 
@@ -181,7 +184,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             else:
                 n = _upload_and_wait(files, state, prefix="demo/", timeout=300.0)
                 print(f"demo: {n} sample images ingested; try: curl '{stack.api_url}/search?q=coffee'", flush=True)
-        print("ready; Ctrl-C stops", flush=True)
+        print(f"ready; the web page is at {stack.api_url}/ ; Ctrl-C stops", flush=True)
         stopping.wait()
     finally:
         print("stopping...", file=sys.stderr)

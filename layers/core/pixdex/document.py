@@ -41,7 +41,7 @@ COMPRESS_FIELDS: Final = ("derivatives", "compression", "compress_state")
 ANALYZE_FIELDS: Final = (
     "bytes", "format", "mode", "width", "height", "frames", "sha256", "phash",
     "camera_make", "camera_model", "camera", "taken_at", "gps", "orientation", "exif_text",
-    "analyze_state",
+    "box_frame", "analyze_state",
 )
 
 DEFAULT_TENANT: Final = "default"

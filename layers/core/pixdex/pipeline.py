@@ -172,6 +172,9 @@ class Pipeline:
             for (_, _, fields, _), extra in zip(ready, analyzer.analyze_batch([r[3] for r in ready], contexts),
                                                 strict=True):
                 fields.update(extra)
+                if "face_vectors" in fields:
+                    # Kept on the document (few, opt-in), which every backend stores as JSON: plain lists.
+                    fields["face_vectors"] = [[float(x) for x in v] for v in fields["face_vectors"]]
         for i, work, fields, _ in ready:
             try:
                 self._commit(work, fields)
@@ -305,6 +308,9 @@ class Pipeline:
         }
         fields.update(exif_fields.extract_exif(decoded.exif, store_gps=self.settings.store_gps))
         image = decoded.image
+        # OCR and face boxes are in this image's pixels (a JPEG may decode at 1/2..1/8 scale): a viewer needs
+        # the frame to draw them over any rendition.
+        fields["box_frame"] = [image.width, image.height]
         if image.mode != "RGB":
             # Models see images as people do: transparent areas over white.
             background = Image.new("RGB", image.size, (255, 255, 255))

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pixdex.local.functions import Handler, LocalContext
+from pixdex.site import StaticSite
 
 log = logging.getLogger("pixdex.local.gateway")
 
@@ -91,8 +92,10 @@ class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, handler: Handler, routes: Sequence[tuple[str, str]],
-                 function_name: str = "query") -> None:
+                 function_name: str = "query", site: StaticSite | None = None) -> None:
         self.lambda_handler = handler
+        # The web page, at the paths no API route takes (CloudFront serves it from the site bucket in AWS).
+        self.site = site
         self.routes = [Route(m, p) for m, p in routes]
         self.function_name = function_name
         super().__init__((host, port), _RequestHandler)
@@ -123,6 +126,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if params is not None:
                 break
         else:
+            site = self.server.site
+            asset = site.get(parts.path) if site is not None and method in ("GET", "HEAD") else None
+            if site is not None and asset is not None:
+                self._reply(200, site.headers(asset), asset.body)
+                return
             self._reply(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
             return
         headers = {k.lower(): v for k, v in self.headers.items()}

@@ -24,6 +24,7 @@ from pixdex.local.gateway import Gateway
 from pixdex.local.poller import QueuePoller
 from pixdex.local.template import StackSpec, read_stack
 from pixdex.settings import Settings
+from pixdex.site import StaticSite
 from pixdex.storage import FolderStore
 
 if TYPE_CHECKING:
@@ -77,10 +78,12 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Without moto's allow-everything CORS, browsers meet the buckets' own CORS rules, as in AWS.
+        env = {**os.environ, "MOTO_DISABLE_GLOBAL_CORS": "true"}
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "pixdex.local.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -230,7 +233,8 @@ class LocalStack:
             p.start()
             self.threads.append(p)
         query = self.spec.functions["query"]
-        self.gateway = Gateway("127.0.0.1", self.options.api_port, load_handler(query), query.routes)
+        self.gateway = Gateway("127.0.0.1", self.options.api_port, load_handler(query), query.routes,
+                               site=StaticSite(connect_origins=(self.aws_endpoint,)))
         t = threading.Thread(target=self.gateway.serve_forever, name="gateway", daemon=True)
         t.start()
         self.threads.append(t)
@@ -247,6 +251,9 @@ class LocalStack:
     def _provision(self, s3: S3Client, sqs: SQSClient, events: Any, mirror: ObjectMirror) -> None:
         for lid, bucket in self.spec.buckets.items():
             s3.create_bucket(Bucket=bucket)
+            if lid in self.spec.bucket_cors:
+                rules: Any = self.spec.bucket_cors[lid]  # the S3 API's shape, built from the template
+                s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
             mirror.restore(bucket)
             log.info("bucket %s (%s)", bucket, lid)
         # Notifications go on after the restore, so restored objects are not processed again.

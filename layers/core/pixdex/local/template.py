@@ -85,6 +85,8 @@ class StackSpec:
     queues: dict[str, QueueSpec]
     rules: dict[str, RuleSpec]
     functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    # logical id -> CORS rules in the S3 API's shape, so browsers meet the same rules locally as in AWS
+    bucket_cors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class _Resolver:
@@ -149,6 +151,9 @@ class _Resolver:
         if name in self.pseudo:
             return self.pseudo[name]
         if name in self.params:
+            spec = (self.t.get("Parameters") or {}).get(name) or {}
+            if spec.get("Type") == "CommaDelimitedList":
+                return [item.strip() for item in self.params[name].split(",")]
             return self.params[name]
         res = self.resources.get(name)
         if res is None:
@@ -206,10 +211,14 @@ def read_stack(path: Path, *, stack_name: str = "pixdex-local", region: str = "u
     arn_to_queue: dict[str, str] = {}
     buckets: dict[str, str] = {}
     eb_buckets: list[str] = []
+    bucket_cors: dict[str, list[dict[str, Any]]] = {}
     for lid, res in resources.items():
         rtype = res.get("Type")
         if rtype == "AWS::S3::Bucket":
             buckets[lid] = str(r.ref(lid))
+            cors = ((res.get("Properties") or {}).get("CorsConfiguration") or {}).get("CorsRules")
+            if cors:
+                bucket_cors[lid] = [_s3_cors_rule(r.value(rule)) for rule in cors]
             notif = (res.get("Properties") or {}).get("NotificationConfiguration") or {}
             if (notif.get("EventBridgeConfiguration") or {}).get("EventBridgeEnabled") in (True, "true"):
                 eb_buckets.append(lid)
@@ -267,4 +276,18 @@ def read_stack(path: Path, *, stack_name: str = "pixdex-local", region: str = "u
             queue=queue, batch_size=batch, routes=tuple(routes),
         )
     return StackSpec(buckets=buckets, eventbridge_buckets=tuple(eb_buckets), queues=queues, rules=rules,
-                     functions=functions)
+                     functions=functions, bucket_cors=bucket_cors)
+
+
+# CloudFormation's CorsRule property names -> the S3 API's (PutBucketCors).
+_CORS_KEYS = {"AllowedHeaders": "AllowedHeaders", "AllowedMethods": "AllowedMethods",
+              "AllowedOrigins": "AllowedOrigins", "ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds",
+              "Id": "ID"}
+
+
+def _s3_cors_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cfn, s3 in _CORS_KEYS.items():
+        if cfn in rule:
+            out[s3] = int(rule[cfn]) if cfn == "MaxAge" else rule[cfn]
+    return out
