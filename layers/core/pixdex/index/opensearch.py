@@ -1206,7 +1206,7 @@ def cluster_options(settings: Settings, **overrides: Any) -> ClusterOptions:
         "verify_certs": c.verify_certs,
         "ca_certs": c.ca_certs,
         "knn": KnnSettings(m=c.knn_m, ef_construction=c.knn_ef_construction, ef_search=c.knn_ef_search,
-                           hamming=c.knn_hamming),
+                           hamming=c.knn_hamming, engine=c.knn_engine),
     }
     values.update(overrides)
     return ClusterOptions(**values)
