@@ -58,6 +58,9 @@ class ElasticsearchDialect(rq.OpenSearchDialect):
     def supports_method_parameters(self, version: rq.ClusterVersion | None) -> bool:
         return False
 
+    def knn_engine(self, knn: KnnSettings) -> str:
+        return "lucene"  # dense_vector is always Lucene HNSW
+
     def index_settings(self, knn: KnnSettings, *, serverless: bool) -> dict[str, Any]:
         return {"analysis": analysis_settings()}
 

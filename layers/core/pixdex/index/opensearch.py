@@ -745,6 +745,7 @@ class ClusterIndex:
             "documents": self.count(),
             "vectors": {name: {"dim": dim} for name, dim in shape.dims.items()},
             "phash_knn": shape.phash_bits,
+            "knn_engine": self.dialect.knn_engine(self.knn),
             "update_mode": self.update_mode,
         }
 
