@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 
 from pixdex.index.base import ImageIndex
+from pixdex.index.clusters import open_cluster_index
 from pixdex.index.mapping import KnnSettings
-from pixdex.index.opensearch import ClusterIndex, ClusterOptions, Engine, open_cluster_index
+from pixdex.index.opensearch import ClusterIndex, ClusterOptions, Engine
 from pixdex.local.opensearch_node import KNN_ENGINE
 
 
