@@ -207,6 +207,14 @@ def osmem_index(osmem: Emulator, spec: OpenSearchSpec | None) -> Iterator[IndexF
 
 
 @pytest.fixture
+def node_index(opensearch_node: str, spec: OpenSearchSpec | None) -> Iterator[IndexFactory]:
+    """Indexes on the session's real OpenSearch node; every request is also checked against the spec."""
+    make, made = make_factory(Emulator("opensearch-node", opensearch_node, "opensearch"), spec)
+    yield make
+    finish(made)
+
+
+@pytest.fixture
 def noida_index(noida: Emulator) -> Iterator[IndexFactory]:
     make, made = make_factory(noida, None)
     yield make
