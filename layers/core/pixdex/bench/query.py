@@ -165,7 +165,8 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
                         index_url=index_url or f"sqlite:///{workdir / f'bench-{n}.db'}",
                         # A fresh alias per run on a cluster, dropped afterwards.
                         index_name=f"pixdex-bench-{n}-{os.getpid()}",
-                        cluster=ClusterSettings(knn_engine=knn_engine))
+                        # Bulk loads with HNSW builds on a busy 2-core machine outlast the 10 s default.
+                        cluster=ClusterSettings(knn_engine=knn_engine, timeout_s=120.0))
     # Presigning is local computation; no request leaves the process.
     s3 = boto3.client("s3", region_name="us-east-1", **_BENCH_CREDENTIALS)
     presigner = Presigner(region="us-east-1", endpoint_url=None, credentials=lambda: Credentials("bench", "bench"))
@@ -297,7 +298,10 @@ def render_cluster(embedded: dict[int, dict[str, Any]], cluster: dict[int, dict[
         for n in cluster) + "."]
     lines += ["", "Cluster ingest is bulk upserts of 1,000 documents (painless partial upserts, `refresh=wait_for`: "
               "each batch is searchable, HNSW graphs of the 1280-d image, 384-d caption and 64-bit Hamming "
-              "vectors included, when the call returns)."]
+              "vectors included, when the call returns). Semantic and similar ask the index for k = 1000 hits "
+              "(`MAX_VECTOR_DEPTH` in query.py, so facets and paging see every hit): on a cluster that is a "
+              "k = 1000 graph search plus 1000 `_source` documents over HTTP and JSON, where hybrid asks only for "
+              "the page depth on each side."]
     return "\n".join(lines) + "\n"
 
 
