@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +45,26 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+@pytest.fixture(scope="session")
+def opensearch_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real single-node OpenSearch (with k-NN, Lucene engine) built from tools/opensearch-node,
+    started once per session. In CI (CI=true) a node that cannot start fails the tests that need it;
+    elsewhere they are skipped with the reason."""
+    import os
+
+    from pixdex.local.opensearch_node import NodeError, OpenSearchNode
+
+    node = OpenSearchNode(tmp_path_factory.mktemp("opensearch-node"))
+    try:
+        url = node.start()
+    except (NodeError, OSError) as exc:
+        node.stop()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the OpenSearch node must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"no local OpenSearch node (Java 17 and Maven needed): {exc}")
+    try:
+        yield url
+    finally:
+        node.stop()

@@ -55,16 +55,17 @@ class RunningStack:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_stack(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> RunningStack:
+def start_stack(data_dir: Path, *extra: str, env_extra: dict[str, str] | None = None,
+                startup_s: float = 120.0) -> RunningStack:
     api_port, aws_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
          "--aws-port", str(aws_port), "--max-receive-count", "2", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     lines: dict[str, str] = {}
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + startup_s
     assert proc.stdout is not None
     while time.monotonic() < deadline and "API" not in lines:
         line = proc.stdout.readline()

@@ -84,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     except ImportError:
         _missing("selenium (pip install -e '.[browser]')")
     running = start_stack(tmp_path_factory.mktemp("web") / "data",
-                          env={"PIXDEX_CAPABILITIES": "classify,embed,caption,ocr,safety,faces,clip"})
+                          env_extra={"PIXDEX_CAPABILITIES": "classify,embed,caption,ocr,safety,faces,clip"})
     try:
         s3 = running.client("s3")
         for key, make in SEED_OBJECTS.items():

@@ -20,7 +20,7 @@ from pixdex.document import document_id
 from pixdex.packages import package_dir
 from pixdex.runtime import Runtime
 from pixdex.settings import Settings
-from tests.integration.index.conftest import BACKENDS, _backend_params
+from tests.integration.index.conftest import BACKENDS, _backend_params, make_index
 
 ORIGINALS, DERIVATIVES = "originals", "derivatives"
 
@@ -71,7 +71,7 @@ def _doc(key: str, tenant: str = "default", **fields: Any) -> tuple[str, dict[st
 def api(request: pytest.FixtureRequest, tmp_path: Path, aws_env: dict[str, str]) -> Iterator[Api]:
     """The API over each index backend of the behaviour suite (clusters when their URL is set)."""
     backend = BACKENDS[request.param]
-    index = backend.make(tmp_path, f"pixdex-api-{uuid.uuid4().hex[:12]}")
+    index = make_index(request, backend, tmp_path, f"pixdex-api-{uuid.uuid4().hex[:12]}")
     try:
         with mock_aws():
             s3 = boto3.client("s3", region_name="us-east-1")

@@ -81,6 +81,8 @@ def built_requests() -> list[tuple[str, rq.Request]]:
                                     serverless=serverless)))
     out.append(("create version", OS.create_index(f"{ALIAS}-v2", alias=None, dims=initial_dims({"clip_vector": 512}),
                                                   knn=KnnSettings(space_type="cosinesimil"), phash_bits=True)))
+    out.append(("create index lucene", OS.create_index(f"{ALIAS}-v1", alias=ALIAS, dims=initial_dims(),
+                                                       knn=KnnSettings(engine="lucene"), phash_bits=True)))
     doc = prepare_fields("a", {"name_text": "x", "phash": "0f0f0f0f0f0f0f0f", "gps": {"lat": 1.0, "lon": 2.0},
                                "caption_vector": np.ones(384, dtype=np.float32), "derivatives": {"t": {"w": 1}}},
                          initial_dims(), phash_bits=True)
@@ -378,3 +380,15 @@ def test_the_live_mapping_is_read_back() -> None:
     assert shape.dims == {"caption_vector": 384} and shape.phash_bits
     with pytest.raises(IndexMappingError):
         read_shape({"mappings": {"properties": {}}}, OS.vector_type, OS.dim_key)
+
+
+def test_the_knn_engine_is_a_setting_of_every_vector_field() -> None:
+    body = OS.create_index("x", alias=None, dims={"caption_vector": 384}, knn=KnnSettings(engine="lucene"),
+                           phash_bits=True).body
+    assert body is not None
+    props = body["mappings"]["properties"]
+    assert props["caption_vector"]["method"]["engine"] == "lucene"
+    assert props["pixdex_phash_bits"]["method"]["engine"] == "lucene"
+    assert KnnSettings().engine == "faiss"  # AWS domains keep faiss
+    with pytest.raises(ValueError, match="engine"):
+        KnnSettings(engine="nmslib-typo")

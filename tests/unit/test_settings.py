@@ -24,3 +24,14 @@ def test_values_are_typed_and_checked() -> None:
                 {"PIXDEX_DERIVATIVE_FORMAT": "bmp"}, {"PIXDEX_STORE_GPS": "maybe"}):
         with pytest.raises(ValueError, match="PIXDEX_"):
             Settings.from_env(bad)
+
+
+def test_pixdex_up_hands_its_environment_settings_to_the_functions() -> None:
+    from pixdex.local.stack import inherited_settings
+
+    environ = {"PIXDEX_INDEX_UPDATE_MODE": "merge", "PIXDEX_INDEX_URL": "http://127.0.0.1:9200",
+               "PIXDEX_ORIGINALS_BUCKET": "mine", "PIXDEX_DATA_DIR": "/elsewhere", "HOME": "/root"}
+    assert inherited_settings(environ) == {"PIXDEX_INDEX_UPDATE_MODE": "merge",
+                                           "PIXDEX_INDEX_URL": "http://127.0.0.1:9200"}
+    # --index-url on the command line wins over the environment's URL.
+    assert inherited_settings(environ, index_url_given=True) == {"PIXDEX_INDEX_UPDATE_MODE": "merge"}

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deliveries before a failing message is dead-lettered (default: the template's)")
     up.add_argument("--index-url", default=None,
                     help="OpenSearch/Elasticsearch URL instead of the embedded index (DATA/index.db)")
+    up.add_argument("--opensearch", action="store_true",
+                    help="start a local OpenSearch node (tools/opensearch-node; Java 17 + Maven) and index there")
+    up.add_argument("--opensearch-port", type=int, default=9200, help="HTTP port of that node (0: any free one)")
     up.set_defaults(func=_cmd_up)
 
     ingest = sub.add_parser("ingest", help="upload files or folders into the running stack")
@@ -147,14 +150,20 @@ def _delegate(module: str, argv: list[str]) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import logging
 
-    from pixdex.local.stack import LocalStack, UpOptions
+    from pixdex.local.stack import LocalStack, UpOptions, inherited_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.opensearch and args.index_url:
+        raise SystemExit("pixdex up: give --opensearch or --index-url, not both")
+    node, index_url = _start_opensearch_node(args) if args.opensearch else (None, args.index_url)
+    extra_env = inherited_settings(os.environ, index_url_given=index_url is not None)
+    if node is not None:
+        from pixdex.local.opensearch_node import KNN_ENGINE
+
+        extra_env[env_names.KNN_ENGINE] = KNN_ENGINE  # the node's k-NN has no faiss library
     stack = LocalStack(UpOptions(
         data_dir=args.data, api_port=args.api_port, aws_port=args.aws_port, template=args.template,
-        max_receive_count=args.max_receive_count, index_url=args.index_url,
-        # The models switch (e.g. PIXDEX_CAPABILITIES=...,faces) reaches the local functions as it would in AWS.
-        extra_env={name: os.environ[name] for name in (env_names.CAPABILITIES,) if name in os.environ},
+        max_receive_count=args.max_receive_count, index_url=index_url, extra_env=extra_env,
     ))
     stopping = threading.Event()
 
@@ -189,8 +198,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping...", file=sys.stderr)
         stack.stop()
+        if node is not None:
+            node.stop()
         (stack.data_dir / STATE_FILE).unlink(missing_ok=True)
     return 0
+
+
+def _start_opensearch_node(args: argparse.Namespace) -> tuple[Any, str]:
+    from pixdex.local.opensearch_node import NodeError, OpenSearchNode
+
+    node = OpenSearchNode(args.data / "opensearch", port=args.opensearch_port)
+    print("starting OpenSearch (first run builds tools/opensearch-node with Maven)...", file=sys.stderr, flush=True)
+    try:
+        url = node.start()
+    except NodeError as exc:
+        raise SystemExit(f"pixdex up --opensearch: {exc}") from None
+    print(f"OpenSearch {url}", flush=True)
+    return node, url
 
 
 def demo_images() -> list[Path]:

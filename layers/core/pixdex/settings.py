@@ -54,6 +54,8 @@ class ClusterSettings:
     knn_ef_construction: int = 128
     knn_ef_search: int = 128
     knn_hamming: bool = True
+    # faiss (AWS domains) | lucene (pure Java: the local node, whose k-NN artifact has no faiss library)
+    knn_engine: str = "faiss"
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Settings:
             knn_ef_construction=_int(env, env_names.KNN_EF_CONSTRUCTION, cb.knn_ef_construction),
             knn_ef_search=_int(env, env_names.KNN_EF_SEARCH, cb.knn_ef_search),
             knn_hamming=_bool(env, env_names.KNN_HAMMING, cb.knn_hamming),
+            knn_engine=_choice(env, env_names.KNN_ENGINE, cb.knn_engine, ("faiss", "lucene")),
         )
         return cls(
             cluster=cluster,
@@ -183,6 +186,7 @@ class Settings:
             env_names.KNN_EF_CONSTRUCTION: str(self.cluster.knn_ef_construction),
             env_names.KNN_EF_SEARCH: str(self.cluster.knn_ef_search),
             env_names.KNN_HAMMING: "true" if self.cluster.knn_hamming else "false",
+            env_names.KNN_ENGINE: self.cluster.knn_engine,
             env_names.DATA_DIR: str(self.data_dir),
             env_names.MAX_IMAGE_BYTES: str(self.limits.max_bytes),
             env_names.MAX_IMAGE_PIXELS: str(self.limits.max_pixels),

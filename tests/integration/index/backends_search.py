@@ -17,7 +17,10 @@ import os
 from pathlib import Path
 
 from pixdex.index.base import ImageIndex
-from pixdex.index.opensearch import ClusterIndex, ClusterOptions, Engine, open_cluster_index
+from pixdex.index.clusters import open_cluster_index
+from pixdex.index.mapping import KnnSettings
+from pixdex.index.opensearch import ClusterIndex, ClusterOptions, Engine
+from pixdex.local.opensearch_node import KNN_ENGINE
 
 
 def cluster_index(url: str, name: str, engine: Engine) -> ClusterIndex:
@@ -29,6 +32,14 @@ def cluster_index(url: str, name: str, engine: Engine) -> ClusterIndex:
 
 def make_opensearch(tmp_path: Path, name: str) -> ImageIndex:
     return cluster_index(os.environ["OPENSEARCH_URL"], name, "opensearch")
+
+
+def make_on_node(url: str, name: str) -> ImageIndex:
+    """The session's real OpenSearch node: painless scripted upserts, Lucene-engine k-NN (the artifact has
+    no faiss library), binary Hamming vectors for the perceptual hash."""
+    return open_cluster_index(
+        ClusterOptions(url=url, alias=name, engine="opensearch", knn=KnnSettings(engine=KNN_ENGINE))
+    )
 
 
 def make_elasticsearch(tmp_path: Path, name: str) -> ImageIndex:

@@ -28,9 +28,11 @@ class Backend:
     per test, so server backends can use it as the index name and drop it in ``drop``.
     """
 
-    make: Callable[[Path, str], ImageIndex]
+    make: Callable[[Path, str], ImageIndex] | None = None
     requires_env: str | None = None
     drop: Callable[[ImageIndex], None] | None = None
+    # Made from the URL of the session's real OpenSearch node (the ``opensearch_node`` fixture).
+    make_on_node: Callable[[str, str], ImageIndex] | None = None
 
 
 def _make_sqlite(tmp_path: Path, name: str) -> ImageIndex:
@@ -51,6 +53,12 @@ def _make_elasticsearch(tmp_path: Path, name: str) -> ImageIndex:
     return make_elasticsearch(tmp_path, name)
 
 
+def _make_on_node(url: str, name: str) -> ImageIndex:
+    from .backends_search import make_on_node
+
+    return make_on_node(url, name)
+
+
 def _drop_cluster(index: ImageIndex) -> None:
     from .backends_search import drop_cluster_index
 
@@ -59,6 +67,7 @@ def _drop_cluster(index: ImageIndex) -> None:
 
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(make=_make_sqlite),
+    "opensearch-node": Backend(make_on_node=_make_on_node, drop=_drop_cluster),
     "opensearch": Backend(make=_make_opensearch, requires_env="OPENSEARCH_URL", drop=_drop_cluster),
     "elasticsearch": Backend(make=_make_elasticsearch, requires_env="ELASTICSEARCH_URL", drop=_drop_cluster),
 }
@@ -89,10 +98,18 @@ def ix(path: Path) -> Iterator[SqliteIndex]:
     index.close()
 
 
+def make_index(request: pytest.FixtureRequest, backend: Backend, tmp_path: Path, name: str) -> ImageIndex:
+    """A fresh index of one backend; the node backend starts (once) the session's OpenSearch node."""
+    if backend.make_on_node is not None:
+        return backend.make_on_node(request.getfixturevalue("opensearch_node"), name)
+    assert backend.make is not None
+    return backend.make(tmp_path, name)
+
+
 @pytest.fixture(params=_backend_params())
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImageIndex]:
     backend = BACKENDS[request.param]
-    ix = backend.make(tmp_path, f"pixdex-test-{uuid.uuid4().hex[:12]}")
+    ix = make_index(request, backend, tmp_path, f"pixdex-test-{uuid.uuid4().hex[:12]}")
     try:
         yield ix
     finally:

@@ -157,7 +157,11 @@ def make_factory(emulator: Emulator, spec: OpenSearchSpec | None) -> tuple[Index
 
     def make(*, official_client: bool = False, check_spec: bool = True, **options: Any) -> ClusterIndex:
         opts = ClusterOptions(url=emulator.url, alias=f"pixdex-test-{uuid.uuid4().hex[:10]}", **options)
-        transport: Transport = connect(opts, official_client=official_client)
+        transport: Transport = connect(opts)
+        if official_client:
+            from pixdex.index.elasticsearch import connect_official
+
+            transport = connect_official(opts) or transport
         if emulator.engine == "opensearch" and spec is not None and check_spec:
             transport = SpecCheckingTransport(transport, spec)
         dialect: OpenSearchDialect
@@ -198,6 +202,14 @@ def finish(made: list[ClusterIndex]) -> None:
 @pytest.fixture
 def osmem_index(osmem: Emulator, spec: OpenSearchSpec | None) -> Iterator[IndexFactory]:
     make, made = make_factory(osmem, spec)
+    yield make
+    finish(made)
+
+
+@pytest.fixture
+def node_index(opensearch_node: str, spec: OpenSearchSpec | None) -> Iterator[IndexFactory]:
+    """Indexes on the session's real OpenSearch node; every request is also checked against the spec."""
+    make, made = make_factory(Emulator("opensearch-node", opensearch_node, "opensearch"), spec)
     yield make
     finish(made)
 

@@ -41,3 +41,25 @@ def test_upload_to_search_on_a_cluster(noida: Emulator, tmp_path: Path) -> None:
         assert similar[0] == 200 and [h["key"] for h in similar[1]["hits"]] == ["cluster/Red Sunset.jpg"]
     finally:
         stop_stack(stack)
+
+
+def test_settings_in_the_environment_reach_the_functions(osmem: Emulator, tmp_path: Path) -> None:
+    """The OpenSearch emulator refuses scripted upserts: with PIXDEX_INDEX_UPDATE_MODE=merge in the
+    environment of `pixdex up`, the functions send plain partial updates and the upload is indexed."""
+    stack = start_stack(tmp_path / "data", "--index-url", osmem.url,
+                        env_extra={"PIXDEX_INDEX_UPDATE_MODE": "merge", "PIXDEX_KNN_HAMMING": "false"})
+    try:
+        key = "merge/Blue Lake.jpg"
+        stack.client("s3").put_object(Bucket=stack.originals_bucket, Key=key,
+                                      Body=imagegen.jpeg_bytes(640, 480, seed=3))
+        doc_id = document_id(stack.originals_bucket, key)
+
+        def done() -> bool:
+            status, doc = stack.get(f"/images/{doc_id}")
+            return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
+
+        stack.wait_for(done, what=f"{key} indexed on the emulator")
+        status, stats = stack.get("/stats")
+        assert status == 200 and stats["index"]["update_mode"] == "merge", stats
+    finally:
+        stop_stack(stack)

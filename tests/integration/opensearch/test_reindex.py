@@ -44,12 +44,20 @@ def aliases(index: ClusterIndex) -> dict[str, Any]:
     return dict(response.body) if response.status == 200 else {}
 
 
-@pytest.mark.parametrize("engine", ["noida", "osmem"])
+ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
+    "noida": {},
+    "osmem": {"update_mode": "merge", "knn": KnnSettings(hamming=False)},
+    # The real node: painless upserts, Lucene-engine k-NN and Hamming vectors.
+    "node": {"knn": KnnSettings(engine="lucene")},
+}
+
+
+@pytest.mark.parametrize("engine", ["noida", "osmem", "node"])
 def test_reindex_copies_everything_and_moves_the_alias(
     engine: str, request: pytest.FixtureRequest
 ) -> None:
     factory: IndexFactory = request.getfixturevalue(f"{engine}_index")
-    options: dict[str, Any] = {} if engine == "noida" else {"update_mode": "merge", "knn": KnnSettings(hamming=False)}
+    options = ENGINE_OPTIONS[engine]
     index = factory(**options)
     docs = corpus(40)
     assert index.upsert_many(list(docs.items())) == [None] * len(docs)
@@ -71,7 +79,7 @@ def test_reindex_copies_everything_and_moves_the_alias(
         atol=1e-6,
     )
     assert [h.id for h in index.near_duplicates(f"{5:016x}", 1)][:1] == ["d005"]
-    if engine == "noida":
+    if engine in ("noida", "node"):
         query = VectorQuery("caption_vector", docs["d012"]["caption_vector"], k=3)
         assert iter_ids(index.search(SearchQuery(vector=query)).hits)[0] == "d012"
     # Writes after the move land in the new version.

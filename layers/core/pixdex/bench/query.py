@@ -10,7 +10,10 @@ Gateway would call it. Recall@10 of vector search is checked against brute force
 unfiltered and with a broad filter (jpeg, ~72% of rows), which exercises the approximate path above the
 embedded index's exact-search threshold.
 
-Results go to the ``## query`` section of docs/benchmarks.md.
+Results go to the ``## query`` section of docs/benchmarks.md. With ``--index-url URL`` (a cluster) or
+``--opensearch`` (the local node of tools/opensearch-node, started and stopped by the benchmark) every size is
+run twice in one process, on the embedded index and on the cluster, and the ``## query on OpenSearch``
+section gets both, the cluster's latencies as ratios to the embedded index's, and the bulk ingest rate.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from pixdex.index.base import Filters, ImageIndex, SearchQuery, VectorQuery
 from pixdex.local.functions import LocalContext
 from pixdex.presign import Credentials, Presigner
 from pixdex.runtime import Runtime
-from pixdex.settings import Settings
+from pixdex.settings import ClusterSettings, Settings
 from pixdex.storage import S3Store
 
 SECTION: Final = "## query"
+CLUSTER_SECTION: Final = "## query on OpenSearch"
 DEFAULT_OUTPUT: Final = Path("docs/benchmarks.md")
 TARGET_P50_MS: Final = 15.0
 TARGET_P95_MS: Final = 40.0
@@ -155,9 +159,14 @@ def _event(path: str, query: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str | None) -> dict[str, Any]:
+def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str | None,
+             knn_engine: str = "faiss") -> dict[str, Any]:
     settings = Settings(originals_bucket=BUCKET, derivatives_bucket="bench-derivatives",
-                        index_url=index_url or f"sqlite:///{workdir / f'bench-{n}.db'}")
+                        index_url=index_url or f"sqlite:///{workdir / f'bench-{n}.db'}",
+                        # A fresh alias per run on a cluster, dropped afterwards.
+                        index_name=f"pixdex-bench-{n}-{os.getpid()}",
+                        # Bulk loads with HNSW builds on a busy 2-core machine outlast the 10 s default.
+                        cluster=ClusterSettings(knn_engine=knn_engine, timeout_s=120.0))
     # Presigning is local computation; no request leaves the process.
     s3 = boto3.client("s3", region_name="us-east-1", **_BENCH_CREDENTIALS)
     presigner = Presigner(region="us-east-1", endpoint_url=None, credentials=lambda: Credentials("bench", "bench"))
@@ -207,6 +216,10 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
     stats = index.stats()
     results["_file_mb"] = stats.get("file_bytes", 0) / 1e6
     results["_vector_mb"] = stats.get("memory_bytes", 0) / 1e6
+    results["_engine"] = f"{stats.get('backend')} {stats.get('engine_version') or ''} {stats.get('knn_engine') or ''}"
+    drop = getattr(index, "drop", None)
+    if index_url is not None and callable(drop):
+        drop()
     index.close()
     return results
 
@@ -260,10 +273,51 @@ def render(rows: dict[int, dict[str, Any]], args: argparse.Namespace, embedder_n
     return "\n".join(lines) + "\n"
 
 
+def render_cluster(embedded: dict[int, dict[str, Any]], cluster: dict[int, dict[str, Any]],
+                   args: argparse.Namespace, embedder_note: str, where: str) -> str:
+    kinds = [k for k in next(iter(embedded.values())) if not k.startswith("_")]
+    engine = next(iter(cluster.values()))["_engine"]
+    lines = [
+        CLUSTER_SECTION, "",
+        f"The same queries through the query handler on the embedded index and on {where} ({engine.strip()}), "
+        f"in one run: `pixdex bench query {_command(args)}`; {args.queries} queries per kind after one warm-up; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. {embedder_note} Ratio = cluster p50 / embedded p50 (below 1: the cluster "
+        "is faster).", "",
+        "| documents | " + " | ".join(f"{k} p50 ms embedded / cluster (ratio)" for k in kinds) +
+        " | k-NN recall@10 cluster (all / jpeg) | ingest s embedded / cluster | cluster bulk docs/s |",
+        "|---:|" + "---:|" * (len(kinds) + 3),
+    ]
+    for n in cluster:
+        e, c = embedded[n], cluster[n]
+        cells = [f"{e[k]['p50']:.1f} / {c[k]['p50']:.1f} (x{c[k]['p50'] / max(e[k]['p50'], 1e-6):.2f})" for k in kinds]
+        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {c['_recall']:.3f} / {c['_recall_jpeg']:.3f} | "
+                     f"{e['_ingest_s']:.0f} / {c['_ingest_s']:.0f} | {n / max(c['_ingest_s'], 1e-6):.0f} |")
+    lines += ["", "p95 ms embedded / cluster: " + "; ".join(
+        f"{n:,} docs: " + ", ".join(f"{k} {embedded[n][k]['p95']:.1f} / {cluster[n][k]['p95']:.1f}" for k in kinds)
+        for n in cluster) + "."]
+    lines += ["", "Cluster ingest is bulk upserts of 1,000 documents (painless partial upserts, `refresh=wait_for`: "
+              "each batch is searchable, HNSW graphs of the 1280-d image, 384-d caption and 64-bit Hamming "
+              "vectors included, when the call returns). Semantic and similar ask the index for k = 1000 hits "
+              "(`MAX_VECTOR_DEPTH` in query.py, so facets and paging see every hit): on a cluster that is a "
+              "k = 1000 graph search plus 1000 `_source` documents over HTTP and JSON, where hybrid asks only for "
+              "the page depth on each side."]
+    return "\n".join(lines) + "\n"
+
+
+def _command(args: argparse.Namespace) -> str:
+    where = "--opensearch" if args.opensearch else "--index-url URL"
+    return f"--docs {args.docs} --queries {args.queries} {where}" + (" --no-models" if args.no_models else "")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", default="10000,100000", help="comma-separated index sizes")
     parser.add_argument("--queries", type=int, default=200, help="queries per kind and size")
     parser.add_argument("--index-url", default=None, help="run against this index instead of a fresh SQLite file")
+    parser.add_argument("--opensearch", action="store_true",
+                        help="start the local OpenSearch node and compare it with the embedded index")
+    parser.add_argument("--knn-engine", choices=("faiss", "lucene"), default=None,
+                        help="k-NN engine of cluster vector fields (default: lucene with --opensearch, else faiss)")
     parser.add_argument("--no-models", action="store_true", help="skip semantic and hybrid (no text model)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
 
@@ -275,11 +329,37 @@ def run(args: argparse.Namespace) -> int:
         embedder = Runtime(Settings()).embedder
         if embedder is not None:
             note = "Semantic and hybrid include embedding the query text with all-MiniLM-L6-v2 (ONNX, CPU)."
+    if args.opensearch or args.index_url:
+        return _run_against_cluster(args, sizes, embedder, note)
     rows: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pixdex-bench-") as tmp:
         for n in sizes:
             rows[n] = run_size(n, args.queries, embedder, Path(tmp), args.index_url)
             print(json.dumps({"docs": n, **rows[n]}, default=float))
     write_section(args.output, SECTION, render(rows, args, note))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_against_cluster(args: argparse.Namespace, sizes: list[int], embedder: Any, note: str) -> int:
+    from pixdex.local.opensearch_node import KNN_ENGINE, OpenSearchNode
+
+    embedded: dict[int, dict[str, Any]] = {}
+    cluster: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="pixdex-bench-") as tmp:
+        node = OpenSearchNode(Path(tmp) / "opensearch") if args.opensearch else None
+        url = node.start() if node is not None else str(args.index_url)
+        engine = args.knn_engine or (KNN_ENGINE if node is not None else "faiss")
+        try:
+            for n in sizes:
+                embedded[n] = run_size(n, args.queries, embedder, Path(tmp), None)
+                print(json.dumps({"docs": n, "index": "embedded", **embedded[n]}, default=float), flush=True)
+                cluster[n] = run_size(n, args.queries, embedder, Path(tmp), url, knn_engine=engine)
+                print(json.dumps({"docs": n, "index": "cluster", **cluster[n]}, default=float), flush=True)
+        finally:
+            if node is not None:
+                node.stop()
+    where = "the local OpenSearch node (tools/opensearch-node, heap 1 GB)" if args.opensearch else "the cluster"
+    write_section(args.output, CLUSTER_SECTION, render_cluster(embedded, cluster, args, note, where))
     print(f"wrote {args.output}")
     return 0

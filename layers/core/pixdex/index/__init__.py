@@ -21,7 +21,7 @@ def open_index(settings: Settings) -> ImageIndex:
         index.ensure()
         return index
     if url.scheme in ("http", "https"):
-        from pixdex.index.opensearch import cluster_options, open_cluster_index
+        from pixdex.index.clusters import cluster_options, open_cluster_index
 
         return open_cluster_index(cluster_options(settings))
     raise ValueError(f"unsupported index URL scheme {url.scheme!r} in {settings.index_url!r}")

@@ -38,9 +38,13 @@ from pixdex.index.mapping import KnnSettings, analysis_settings
 from pixdex.index.opensearch import (
     Client,
     ClusterIndex,
+    ClusterOptions,
     Response,
     RetryPolicy,
+    Transport,
     TransportError,
+    connect,
+    parse_target,
 )
 
 # Elasticsearch refuses num_candidates above this.
@@ -57,6 +61,9 @@ class ElasticsearchDialect(rq.OpenSearchDialect):
 
     def supports_method_parameters(self, version: rq.ClusterVersion | None) -> bool:
         return False
+
+    def knn_engine(self, knn: KnnSettings) -> str:
+        return "lucene"  # dense_vector is always Lucene HNSW
 
     def index_settings(self, knn: KnnSettings, *, serverless: bool) -> dict[str, Any]:
         return {"analysis": analysis_settings()}
@@ -171,11 +178,21 @@ def elasticsearch_index(
     return index
 
 
+def connect_official(options: ClusterOptions) -> Transport | None:
+    """The official client as the (cached) transport for the options' URL; None without that extra."""
+    try:
+        import elasticsearch  # noqa: F401
+    except ImportError:
+        return None
+    return connect(options, variant="official", make=lambda: ElasticClientTransport(official_client(
+        options.url, timeout_s=options.timeout_s, verify_certs=options.verify_certs,
+        ca_certs=options.ca_certs, pool_maxsize=options.pool_maxsize,
+    )))
+
+
 def official_client(url: str, *, timeout_s: float, verify_certs: bool, ca_certs: str | None, pool_maxsize: int) -> Any:
     """An official client for one URL (basic auth from the URL's user:pass), without its own retries."""
     from elasticsearch import Elasticsearch
-
-    from pixdex.index.opensearch import parse_target
 
     target = parse_target(url)
     auth = (target.username, target.password or "") if target.username is not None else None

@@ -121,6 +121,8 @@ class KnnSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 4096:
                 raise ValueError(f"knn {name} must be an integer from 2 to 4096, got {value!r}")
+        if self.engine not in ("faiss", "lucene"):
+            raise ValueError(f"knn engine must be faiss or lucene, got {self.engine!r}")
         if self.space_type not in ("innerproduct", "cosinesimil"):
             raise ValueError(f"knn space_type must be innerproduct or cosinesimil, got {self.space_type!r}")
 
@@ -220,7 +222,7 @@ def opensearch_phash_property(knn: KnnSettings) -> dict[str, Any]:
         "data_type": "binary",
         "method": {
             "name": "hnsw",
-            "engine": "faiss",
+            "engine": knn.engine,
             "space_type": "hamming",
             "parameters": {"m": knn.m, "ef_construction": knn.ef_construction},
         },

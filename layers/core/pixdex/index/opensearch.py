@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlparse
@@ -72,7 +72,6 @@ from pixdex.index.mapping import (
     strip_internal,
 )
 from pixdex.index.vectors import phash_to_int, unit_vector
-from pixdex.settings import Settings
 
 Engine = Literal["opensearch", "elasticsearch", "auto"]
 Refresh = Literal["wait_for", "true", "false"]
@@ -242,31 +241,32 @@ _TRANSPORTS: dict[tuple[Any, ...], Transport] = {}
 _TRANSPORTS_LOCK = threading.Lock()
 
 
-def connect(options: ClusterOptions, *, credentials: Any = None, official_client: bool = False) -> Transport:
+def connect(
+    options: ClusterOptions,
+    *,
+    credentials: Any = None,
+    variant: str = "http",
+    make: Callable[[], Transport] | None = None,
+) -> Transport:
     """A transport for the options' URL, shared by every index object of this process with the same
     endpoint and auth (pooled connections survive across Lambda invocations of one container).
 
-    ``official_client``: send through the official ``elasticsearch`` client when that extra is installed.
+    ``make`` builds another kind of transport for the same endpoint (a dialect's own client, e.g.
+    :func:`pixdex.index.elasticsearch.connect_official`), cached under ``variant``; by default the pooled
+    urllib3 connection, signed with SigV4 for AWS endpoints.
     """
     target = parse_target(options.url)
     service, region = _sigv4(target, options)
-    official = official_client and service is None and _has_official_client()
     key = (
         target.scheme, target.host, target.port, target.prefix, target.username, target.password, service,
         region, options.timeout_s, options.pool_maxsize, options.verify_certs, options.ca_certs,
-        id(credentials) if credentials is not None else None, official,
+        id(credentials) if credentials is not None else None, variant,
     )
     with _TRANSPORTS_LOCK:
         transport = _TRANSPORTS.get(key)
         if transport is None:
-            if official:
-                from pixdex.index.elasticsearch import ElasticClientTransport
-                from pixdex.index.elasticsearch import official_client as make_client
-
-                transport = ElasticClientTransport(make_client(
-                    options.url, timeout_s=options.timeout_s, verify_certs=options.verify_certs,
-                    ca_certs=options.ca_certs, pool_maxsize=options.pool_maxsize,
-                ))
+            if make is not None:
+                transport = make()
             else:
                 auth = _aws_auth(service, region, credentials) if service is not None and region else None
                 transport = HttpTransport(target, options, auth)
@@ -274,12 +274,9 @@ def connect(options: ClusterOptions, *, credentials: Any = None, official_client
         return transport
 
 
-def _has_official_client() -> bool:
-    try:
-        import elasticsearch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def signing_service(options: ClusterOptions) -> AwsService | None:
+    """The SigV4 service the options' URL is signed for (None: basic auth or none)."""
+    return _sigv4(parse_target(options.url), options)[0]
 
 
 def close_connections() -> None:
@@ -745,6 +742,7 @@ class ClusterIndex:
             "documents": self.count(),
             "vectors": {name: {"dim": dim} for name, dim in shape.dims.items()},
             "phash_knn": shape.phash_bits,
+            "knn_engine": self.dialect.knn_engine(self.knn),
             "update_mode": self.update_mode,
         }
 
@@ -1185,76 +1183,3 @@ def _chunks(
         size += entry_bytes
     if chunk:
         yield chunk
-
-
-# -- construction ----------------------------------------------------------------------------------
-
-
-def cluster_options(settings: Settings, **overrides: Any) -> ClusterOptions:
-    """Options for the index URL, name and cluster settings."""
-    c = settings.cluster
-    values: dict[str, Any] = {
-        "url": settings.index_url,
-        "alias": settings.index_name,
-        "region": settings.aws_region,
-        "engine": c.engine,
-        "aws_service": c.aws_service,
-        "timeout_s": c.timeout_s,
-        "max_retries": c.max_retries,
-        "refresh": c.refresh,
-        "update_mode": c.update_mode,
-        "verify_certs": c.verify_certs,
-        "ca_certs": c.ca_certs,
-        "knn": KnnSettings(m=c.knn_m, ef_construction=c.knn_ef_construction, ef_search=c.knn_ef_search,
-                           hamming=c.knn_hamming),
-    }
-    values.update(overrides)
-    return ClusterOptions(**values)
-
-
-def open_cluster_index(options: ClusterOptions, *, credentials: Any = None) -> ClusterIndex:
-    """A ready index for the options: connected, the engine detected, :meth:`ClusterIndex.ensure` done."""
-    transport = connect(options, credentials=credentials)
-    target = parse_target(options.url)
-    service, _ = _sigv4(target, options)
-    serverless = service == "aoss"
-    retry = RetryPolicy(options.max_retries, options.backoff_s, options.backoff_max_s)
-    version: rq.ClusterVersion | None
-    if serverless:
-        # Serverless answers no GET /; its collections run OpenSearch 2.17 (AWS documentation).
-        version = rq.ClusterVersion("opensearch", (2, 17, 0))
-    else:
-        probe = Client(transport, retry=retry, engine="search cluster")
-        version = rq.ClusterVersion.parse(probe.call(rq.info()).body or {})
-    engine = options.engine
-    if engine == "auto":
-        engine = "opensearch" if service is not None else version.distribution
-    dialect: rq.OpenSearchDialect
-    if engine == "elasticsearch":
-        from pixdex.index.elasticsearch import ElasticsearchDialect
-
-        dialect = ElasticsearchDialect()
-        transport = connect(options, credentials=credentials, official_client=True)
-    else:
-        dialect = rq.OpenSearchDialect()
-    refresh: Refresh | None = options.refresh or ("false" if serverless else "wait_for")
-    index = ClusterIndex(
-        Client(transport, retry=retry, engine=dialect.name),
-        alias=options.alias,
-        dialect=dialect,
-        knn=options.knn if not serverless else _no_hamming(options.knn),
-        vector_dims=options.vector_dims,
-        refresh=refresh,
-        update_mode=options.update_mode,
-        point_in_time=options.point_in_time,
-        pit_keep_alive=options.pit_keep_alive,
-        serverless=serverless,
-        version=version,
-    )
-    index.ensure()
-    return index
-
-
-def _no_hamming(knn: KnnSettings) -> KnnSettings:
-    # Binary vectors on Serverless are not documented in what AWS publishes: keep the byte pigeonhole.
-    return replace(knn, hamming=False)

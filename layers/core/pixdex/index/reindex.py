@@ -32,6 +32,7 @@ from typing import Any, Final
 from pixdex.document import VECTOR_FIELDS
 from pixdex.errors import IndexMappingError, PixdexError
 from pixdex.index import requests as rq
+from pixdex.index.clusters import cluster_options, open_cluster_index
 from pixdex.index.mapping import (
     CREATED_FIELD,
     ID_FIELD,
@@ -41,7 +42,7 @@ from pixdex.index.mapping import (
     strip_internal,
     version_of,
 )
-from pixdex.index.opensearch import ClusterIndex, ClusterOptions, cluster_options, open_cluster_index
+from pixdex.index.opensearch import ClusterIndex, ClusterOptions
 from pixdex.settings import Settings
 
 STAGING_SUFFIX: Final = "-next"

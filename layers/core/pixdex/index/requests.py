@@ -444,6 +444,10 @@ class OpenSearchDialect:
     def supports_method_parameters(self, version: ClusterVersion | None) -> bool:
         return version is not None and version.number >= (2, 16, 0)
 
+    def knn_engine(self, knn: KnnSettings) -> str:
+        """The engine that builds and searches the vector graphs (recorded in stats)."""
+        return knn.engine
+
     def index_settings(self, knn: KnnSettings, *, serverless: bool) -> dict[str, Any]:
         index: dict[str, Any] = {"knn": True}
         if not serverless:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from pixdex import constants as env_names
 from pixdex.local.functions import load_handler
 from pixdex.local.gateway import Gateway
 from pixdex.local.poller import QueuePoller
@@ -53,6 +54,18 @@ def find_template(start: Path | None = None) -> Path:
     if (pkg_root / "template.yaml").is_file():
         return pkg_root / "template.yaml"
     raise FileNotFoundError("template.yaml not found: run pixdex from the project checkout or pass --template")
+
+
+# What the local stack decides itself: its own buckets and state folder.
+STACK_OWNED_SETTINGS = frozenset({env_names.ORIGINALS_BUCKET, env_names.DERIVATIVES_BUCKET, env_names.DATA_DIR})
+
+
+def inherited_settings(environ: Mapping[str, str], *, index_url_given: bool = False) -> dict[str, str]:
+    """The PIXDEX_* settings of the environment `pixdex up` was started in, for its functions (e.g.
+    PIXDEX_INDEX_UPDATE_MODE=merge for a cluster without scripting). Without this the functions would see
+    only the defaults, since the stack writes every setting's default into their environment."""
+    skip = STACK_OWNED_SETTINGS | ({env_names.INDEX_URL} if index_url_given else frozenset())
+    return {k: v for k, v in environ.items() if k.startswith("PIXDEX_") and k not in skip}
 
 
 @dataclass
