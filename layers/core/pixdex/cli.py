@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_query.add_arguments(bq)
     bq.set_defaults(func=bench_query.run)
     bench_sub.add_parser("analyze", help="model throughput on 12 MP photos")
+    from pixdex.bench import duplicates as bench_duplicates
+
+    bd = bench_sub.add_parser("duplicates", help="near-duplicate recall, false positives and thresholds "
+                              "(docs/quality.md)")
+    bench_duplicates.add_arguments(bd)
+    bd.set_defaults(func=bench_duplicates.run)
     return p
 
 

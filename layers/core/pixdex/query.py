@@ -253,31 +253,36 @@ class SearchService:
     def by_image(self, vector: npt.NDArray[np.float32], request: SearchRequest, *, phash: str | None = None,
                  sha256: str | None = None, exclude_id: str | None = None) -> dict[str, Any]:
         """Query by example. Copies of the query image (the duplicate rule: pHash, vector, SHA-256) come
-        first, most alike first, then the rest by vector similarity. The copies shown are worked out again
-        for every page and left out of the vector ranking, so pages neither repeat nor skip a hit; a page
-        of size 1 holds the best copy alone (ask for more to page on)."""
+        first, most alike first, then the rest by vector similarity. Copies found by hash are worked out
+        again for every page and left out of the vector ranking, and copies the ranking itself finds only
+        move up within their page, so pages neither repeat nor skip a hit."""
         filters = request.filters
         if exclude_id:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, exclude_id))
+        rule = self.duplicate_rule()
         # One slot stays for the ranking, whose cursor pages on.
         room = max(request.size - 1, 1)
-        copies = self._copies(self.duplicate_rule(), phash=phash, sha256=sha256, vector=vector,
-                              scope=filters, depth=room)[:room] if phash or sha256 else []
-        if copies:
-            filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in copies)))
-        shown = copies if request.cursor is None else []
+        by_hash = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=room,
+                               vector_hits=[])[:room] if phash else []
+        if by_hash:
+            filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
+        shown = by_hash if request.cursor is None else []
         rest = request.size - len(shown)
         if rest <= 0:
-            total = self.index.count(filters) + len(copies)
-            return {"hits": [self._copy_hit(h, c, m) for h, c, m in shown], "total": total, "facets": {},
-                    "next_cursor": None}
+            return {"hits": [self._copy_hit(h, c, m) for h, c, m in shown],
+                    "total": self.index.count(filters) + len(by_hash), "facets": {}, "next_cursor": None}
         result = self.index.search(SearchQuery(
             vector=VectorQuery(field="image_vector", vector=vector, k=MAX_VECTOR_DEPTH),
             filters=filters, facets=request.facets, size=rest, cursor=request.cursor,
         ))
-        out = self._shape(result)
-        out["hits"] = [self._copy_hit(h, c, m) for h, c, m in shown] + out["hits"]
-        out["total"] = result.total + len(copies)
+        # Copies within the ranked page (vector, or joint with the pHash read off their documents).
+        in_page = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=rest,
+                               vector_hits=result.hits, hash_search=False)
+        copy_ids = {h.id for h, _, _ in in_page}
+        copies = sorted([*shown, *in_page], key=lambda hcm: (-hcm[1].score, hcm[0].id))
+        out = self._shape(replace(result, hits=[h for h in result.hits if h.id not in copy_ids]))
+        out["hits"] = [self._copy_hit(h, c, m) for h, c, m in copies] + out["hits"]
+        out["total"] = result.total + len(by_hash)
         return out
 
     def by_vector(self, field_name: str, vector: npt.NDArray[np.float32], request: SearchRequest,
@@ -378,21 +383,23 @@ class SearchService:
         }
 
     def _copies(self, rule: DuplicateRule, *, phash: str | None, sha256: str | None,
-                vector: npt.NDArray[np.float32] | None, scope: Filters,
-                depth: int) -> list[tuple[Hit, Candidate, list[str]]]:
+                vector: npt.NDArray[np.float32] | None, scope: Filters, depth: int,
+                vector_hits: list[Hit] | None = None,
+                hash_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
         """Images in ``scope`` that are copies of the probe (given by its hashes and vector) under ``rule``,
         most alike first. Candidates come from the index port every backend has: the Hamming search over
         pHashes and a filtered k-NN over image vectors, run side by side; each candidate is then compared
-        on every signal (the pHash from its document, the vector for hash-only candidates)."""
-        use_hash = bool(phash) and "phash" in rule.signals
-        use_vector = vector is not None
-        if not use_hash and not use_vector:
+        on every signal (the pHash from its document, the vector for hash-only candidates). A caller that
+        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs."""
+        use_hash = bool(phash) and "phash" in rule.signals and hash_search
+        use_vector = vector is not None and vector_hits is None
+        if not use_hash and not use_vector and not vector_hits:
             return []
         hash_future = _BACKGROUND.submit(
             self.index.near_duplicates, str(phash), rule.max_distance, scope, min(depth, MAX_PAGE_SIZE)
         ) if use_hash else None
         try:
-            by_vector: list[Hit] = []
+            by_vector: list[Hit] = list(vector_hits or [])
             if use_vector:
                 assert vector is not None
                 # Deep enough that joint matches (cosine from the floor up, pHash close) are not cut off.

@@ -27,10 +27,20 @@ class Variant:
 
     def render(self, image: Image.Image) -> bytes:
         """The edited copy as the JPEG file a person would upload."""
-        edited = self.apply(image.convert("RGB"))
+        edited = self.apply(flatten(image))
         buf = io.BytesIO()
         edited.save(buf, "JPEG", quality=self.quality)
         return buf.getvalue()
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, with transparent areas over white, as the pipeline and viewers show them."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def crop(fraction: float, anchor: tuple[float, float] = (0.5, 0.5)) -> Callable[[Image.Image], Image.Image]:
