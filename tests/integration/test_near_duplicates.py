@@ -16,7 +16,7 @@ from pixdex.bench.variants import crop, rotate
 from pixdex.document import document_id
 from pixdex.duplicates import JOINT
 from tests.integration.test_api import ALICE, ORIGINALS, Api, _doc, _sample_photo
-from tests.integration.test_api import api as api  # noqa: F401  (the fixture, over every backend)
+from tests.integration.test_api import api as api  # the fixture, over every backend
 
 PHOTOS = {"alice/cat.png": "chelsea.png", "alice/coffee.png": "coffee.png", "alice/rocket.jpg": "rocket.jpg",
           "alice/astronaut.png": "astronaut.png", "alice/china.png": "motorcycle_left.png"}
@@ -39,7 +39,7 @@ def _index(api: Api, key: str, image: Image.Image, data: bytes) -> str:
 
 
 @pytest.fixture
-def library(api: Api) -> dict[str, Any]:  # noqa: F811
+def library(api: Api) -> dict[str, Any]:
     images = {key: Image.open(io.BytesIO(_sample_photo(name))).convert("RGB") for key, name in PHOTOS.items()}
     for key, image in images.items():
         _index(api, key, image, _jpeg(image))
@@ -63,7 +63,7 @@ def _consistent(hit: dict[str, Any], body: dict[str, Any]) -> None:
     assert hit["signals"] == (alone or [JOINT]), hit
 
 
-def test_crop_and_rotation_are_duplicates_and_a_different_photo_is_not(api: Api,  # noqa: F811
+def test_crop_and_rotation_are_duplicates_and_a_different_photo_is_not(api: Api,
                                                                        library: dict[str, Any]) -> None:
     status, body = api("GET", f"/images/{library['cat']}/duplicates", claims=ALICE)
     assert status == 200, body
@@ -81,7 +81,7 @@ def test_crop_and_rotation_are_duplicates_and_a_different_photo_is_not(api: Api,
     assert library["cat"] in {h["id"] for h in back["near"]}
 
 
-def test_signals_and_thresholds_are_request_parameters(api: Api, library: dict[str, Any]) -> None:  # noqa: F811
+def test_signals_and_thresholds_are_request_parameters(api: Api, library: dict[str, Any]) -> None:
     status, body = api("GET", f"/images/{library['cat']}/duplicates",
                        {"signals": "phash", "max_distance": "0"}, claims=ALICE)
     assert status == 200 and body["near"] == [] and body["joint"] is None
@@ -95,7 +95,7 @@ def test_signals_and_thresholds_are_request_parameters(api: Api, library: dict[s
         assert status == 422 and field in str(err), (query, err)
 
 
-def test_a_copy_as_query_image_finds_its_original_first(api: Api, library: dict[str, Any]) -> None:  # noqa: F811
+def test_a_copy_as_query_image_finds_its_original_first(api: Api, library: dict[str, Any]) -> None:
     status, body = api("POST", "/search/image", {"size": "3"}, raw=library["crop_bytes"], claims=ALICE)
     assert status == 200, body
     first = body["hits"][0]
@@ -115,7 +115,7 @@ def test_a_copy_as_query_image_finds_its_original_first(api: Api, library: dict[
     assert len(seen) == len(set(seen)) == 7
 
 
-def test_query_by_id_lists_its_copies_first(api: Api, library: dict[str, Any]) -> None:  # noqa: F811
+def test_query_by_id_lists_its_copies_first(api: Api, library: dict[str, Any]) -> None:
     status, body = api("POST", "/search/image", body={"image_id": library["cat"]}, claims=ALICE)
     assert status == 200, body
     ids = [h["id"] for h in body["hits"]]

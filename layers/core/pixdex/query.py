@@ -255,7 +255,8 @@ class SearchService:
         """Query by example. Copies of the query image (the duplicate rule: pHash, vector, SHA-256) come
         first, most alike first, then the rest by vector similarity. Copies found by hash are worked out
         again for every page and left out of the vector ranking, and copies the ranking itself finds only
-        move up within their page, so pages neither repeat nor skip a hit."""
+        move up within their page, so pages neither repeat nor skip a hit. A page of size 1 that holds a
+        copy found by hash has no next page (ask for a larger size to page on)."""
         filters = request.filters
         if exclude_id:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, exclude_id))
