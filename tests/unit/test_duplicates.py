@@ -83,7 +83,9 @@ def test_cosine() -> None:
 
 def test_settings_carry_the_calibrated_defaults_and_round_trip() -> None:
     s = Settings()
-    assert (s.duplicate_max_distance, s.duplicate_min_similarity) == (10, 0.80)
+    assert (s.duplicate_max_distance, s.duplicate_min_similarity, s.duplicate_joint_max_distance,
+            s.duplicate_joint_min_similarity) == (10, 0.82, 20, 0.69)
+    assert DuplicateRule() == DuplicateRule(10, 0.82, 20, 0.69)
     env = {"PIXDEX_DUPLICATE_MAX_DISTANCE": "6", "PIXDEX_DUPLICATE_MIN_SIMILARITY": "0.9",
            "PIXDEX_DUPLICATE_JOINT_MAX_DISTANCE": "16", "PIXDEX_DUPLICATE_JOINT_MIN_SIMILARITY": "0.7"}
     custom = Settings.from_env(env)

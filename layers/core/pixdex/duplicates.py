@@ -6,7 +6,7 @@ survives resizing, recompression and colour changes but not crops or rotations (
 The image vector (EfficientNet-Lite0 features of the centre crop) survives crops, rotations and watermarks,
 but two different photos of one subject can score as high as a heavily edited copy. So a pair is a
 duplicate when one signal is decisive on its own, or when both are moderately close at once: different
-photos that look alike (cosine 0.6-0.8) almost never also share their low frequencies, and a copy whose
+photos that look alike (cosine 0.7-0.8) almost never also share their low frequencies, and a copy whose
 vector moved (grayscale, heavy recompression of a blurred photo) keeps its pHash. The thresholds are
 calibrated by ``pixdex bench duplicates`` (docs/quality.md) and are settings.
 """
@@ -33,9 +33,9 @@ class DuplicateRule:
     """Thresholds per signal (defaults: Settings, calibrated in docs/quality.md) and which signals count."""
 
     max_distance: int = 10
-    min_similarity: float = 0.80
+    min_similarity: float = 0.82
     joint_max_distance: int = 20
-    joint_min_similarity: float = 0.60
+    joint_min_similarity: float = 0.69
     signals: tuple[Signal, ...] = SIGNALS
 
     def __post_init__(self) -> None:

@@ -90,9 +90,9 @@ class Settings:
     # duplicate_min_similarity image-vector cosine, or both within the joint pair. Calibrated by
     # `pixdex bench duplicates` (docs/quality.md).
     duplicate_max_distance: int = 10
-    duplicate_min_similarity: float = 0.80
+    duplicate_min_similarity: float = 0.82
     duplicate_joint_max_distance: int = 20
-    duplicate_joint_min_similarity: float = 0.60
+    duplicate_joint_min_similarity: float = 0.69
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 

@@ -89,7 +89,8 @@ def photo_files(folder: Path) -> list[Path]:
 
 def build(photos: Sequence[Path], variants: Sequence[Variant], workdir: Path,
           same_scene: Sequence[tuple[str, str]] = ()) -> tuple[Corpus, Runtime]:
-    """Every photo and its variants through the analyze pipeline into a fresh embedded index."""
+    """Every photo and its variants through the analyze pipeline into a fresh embedded index. A workdir
+    kept from an earlier run over the same photos and variants is reused as it is (``--keep``)."""
     from pixdex.imaging import decode
 
     settings = Settings(originals_bucket="bench-originals", derivatives_bucket="bench-derivatives",
@@ -97,9 +98,28 @@ def build(photos: Sequence[Path], variants: Sequence[Variant], workdir: Path,
                         capabilities=("classify", "embed"))
     store = FolderStore(workdir / "s3")
     runtime = Runtime(settings, store=store, embedder=None)
-    pipeline = runtime.pipeline
     names = [p.name for p in photos]
-    docs: list[Doc] = []
+    manifest = workdir / "corpus.json"
+    plan = {"photos": names, "variants": [v.name for v in variants]}
+    kept = json.loads(manifest.read_text()) if manifest.exists() else None
+    if kept and kept["plan"]["variants"] == plan["variants"] and set(names) <= set(kept["plan"]["photos"]):
+        # Photos dropped since are removed from the kept index, so they cannot be listed.
+        kept_names = kept["plan"]["photos"]
+        docs = []
+        for d in kept["docs"]:
+            name = kept_names[d["group"]]
+            if name in names:
+                docs.append(Doc(d["id"], names.index(name), d["variant"], d["kind"], None, None, None))
+            else:
+                runtime.index.delete(d["id"])
+        kept["plan"]["photos"] = names
+        kept["docs"] = [{"id": d.id, "group": d.group, "variant": d.variant, "kind": d.kind} for d in docs]
+        manifest.write_text(json.dumps(kept))
+        _read_signals(runtime, docs)
+        scenes = {frozenset((names.index(a), names.index(b))) for a, b in same_scene if a in names and b in names}
+        return Corpus(photos=names, docs=docs, same_scene=scenes, ingest_s=float(kept["ingest_s"])), runtime
+    pipeline = runtime.pipeline
+    docs = []
     events: list[ObjectEvent] = []
     t0 = time.perf_counter()
 
@@ -123,12 +143,19 @@ def build(photos: Sequence[Path], variants: Sequence[Variant], workdir: Path,
                 flush()
     flush()
     ingest_s = time.perf_counter() - t0
+    _read_signals(runtime, docs)
+    manifest.write_text(json.dumps({"plan": plan, "ingest_s": ingest_s, "docs": [
+        {"id": d.id, "group": d.group, "variant": d.variant, "kind": d.kind} for d in docs]}))
+    scenes = {frozenset((names.index(a), names.index(b))) for a, b in same_scene if a in names and b in names}
+    return Corpus(photos=names, docs=docs, same_scene=scenes, ingest_s=ingest_s), runtime
+
+
+def _read_signals(runtime: Runtime, docs: Sequence[Doc]) -> None:
+    """Each document's hashes and vector as analyze stored them."""
     for doc in docs:
         stored = runtime.index.get(doc.id) or {}
         doc.phash, doc.sha256 = stored.get("phash"), stored.get("sha256")
         doc.vector = runtime.index.get_vectors(doc.id).get("image_vector")
-    scenes = {frozenset((names.index(a), names.index(b))) for a, b in same_scene if a in names and b in names}
-    return Corpus(photos=names, docs=docs, same_scene=scenes, ingest_s=ingest_s), runtime
 
 
 # ---------------------------------------------------------------------------------------- distributions
@@ -190,7 +217,7 @@ def pick_thresholds(pairs: Pairs, joint_max_distance: int) -> Picked:
     min_similarity = _ceil2(max(pairs.other_sim, default=0.0) + SIMILARITY_MARGIN)
     close = [s for s, d, _, _ in pairs.other_pairs if d <= joint_max_distance]
     joint_min_similarity = min(min_similarity, _ceil2(max(close, default=0.0) + SIMILARITY_MARGIN))
-    return Picked(max_distance, min(min_similarity, 1.0), joint_max_distance, joint_min_similarity)
+    return Picked(max_distance, min(min_similarity, 1.0), joint_max_distance, min(joint_min_similarity, 1.0))
 
 
 def _ceil2(x: float) -> float:
@@ -263,6 +290,8 @@ def by_image_ranks(corpus: Corpus, settings: Settings, workdir: Path) -> Ranks:
     indexed, as when someone searches with an edited file): the original's rank, cosine ranking alone
     against copies-first. The query's vector and hashes are what the API computes from the upload: the
     pipeline decodes and embeds it the same way."""
+    for suffix in ("", "-wal", "-shm"):
+        (workdir / f"originals.db{suffix}").unlink(missing_ok=True)
     index = SqliteIndex(workdir / "originals.db")
     index.ensure()
     originals = corpus.originals()
@@ -299,11 +328,13 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
     n_copies = sum(len(v) for v in pairs.copy_sim.values())
     lines = [
         SECTION, "",
-        f"`pixdex bench duplicates --photos {args.photos}`: {n_photos} different photos, "
+        f"`pixdex bench duplicates --photos {args.photos}`: {n_photos} different photos"
+        f"{f' ({args.photos_note})' if args.photos_note else ''}, "
         f"{n_copies // max(n_photos, 1)} edited copies of each ({n_copies} in all), all through the analyze "
         f"pipeline (classifier + image vector only) into one embedded index ({corpus.ingest_s:.0f} s); "
         f"{platform.machine()}, Python {platform.python_version()}, {elapsed_s:.0f} s in all. "
-        "Copies are JPEG q90 unless the edit is a recompression.", "",
+        "Copies are JPEG q90 unless the edit is a recompression. These thresholds replace the cosine cut-off "
+        "suggested under 'Near-duplicates (image_vector cosine)' above (19 photos, crops of 10 % only).", "",
         "### Score distributions", "",
         "Copies against their original; 'different photos' is each original against every document (original "
         "or copy) of every other photo.", "",
@@ -375,7 +406,9 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
             f"{sum(1 for r in every if r <= 3) / max(len(every), 1):.3f} |")
     lines += [
         "", "Reproduce: `pixdex bench duplicates --photos DIR` (a folder of different photos; "
-        "`--same-scene A,B` declares two files shots of one scene).",
+        "`--same-scene A,B` declares two files shots of one scene; `--keep DIR` keeps the analysed index "
+        "for reruns). The Settings defaults are this run's picked thresholds; rerun on a larger photo set "
+        "before trusting them for a library with many look-alike photos.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -385,6 +418,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--same-scene", action="append", default=[], metavar="A,B",
                         help="two file names that are shots of the same scene (not counted as different photos)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--photos-note", default="", help="where the photos come from, for the report")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the index in this folder, and reuse it when it holds the same photos")
 
 
 def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -392,12 +428,17 @@ def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, An
     t0 = time.perf_counter()
     scenes = [tuple(s.split(",", 1)) for s in args.same_scene if "," in s]
     with tempfile.TemporaryDirectory(prefix="pixdex-bench-dup-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
         corpus, runtime = build(photos, standard_variants(), workdir,
                                 same_scene=[(a, b) for a, b in scenes])
         pairs = pair_scores(corpus)
         settings = runtime.settings
         picked = pick_thresholds(pairs, settings.duplicate_joint_max_distance)
+        print(json.dumps({"ingest_s": corpus.ingest_s, "picked": picked.__dict__,
+                          "most_alike_different": sorted(pairs.other_pairs, key=lambda p: -p[0])[:5],
+                          "nearest_hash_different": sorted(pairs.other_pairs, key=lambda p: p[1])[:5]},
+                         default=float), flush=True)
         service = SearchService(settings, runtime.index, runtime.store)
         tuned = SearchService(replace(settings, duplicate_max_distance=picked.max_distance,
                                       duplicate_min_similarity=picked.min_similarity,
