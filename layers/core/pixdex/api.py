@@ -294,7 +294,7 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None,
         request = params.to_request(tenant())
         data, doc_id, bucket, key = request_source()
         # An indexed image already has its vector and hashes: no download, no model run.
-        indexed = service().document(doc_id, tenant()) if doc_id else {}
+        indexed = (runtime.index.get(doc_id) or {}) if doc_id else {}
         vector = runtime.index.get_vectors(doc_id).get("image_vector") if doc_id else None
         phash, sha256 = indexed.get("phash"), indexed.get("sha256")
         if vector is None:

@@ -42,9 +42,9 @@ RRF_K = 60
 # enough for any person paging, bounded so one request never ranks a whole collection.
 MAX_VECTOR_DEPTH = 1000
 MAX_HYBRID_DEPTH = MAX_VECTOR_DEPTH
-# Near-duplicate candidates the vector side looks at: copies of one photo rarely number more, and the
-# cosine floor stops it earlier in collections without look-alikes.
-DUPLICATE_CANDIDATES = 100
+# Near-duplicate candidates the vector side looks at (at least): copies of one photo rarely number more,
+# and the cosine floor stops it earlier in collections without look-alikes.
+DUPLICATE_CANDIDATES = 50
 
 SearchMode = Literal["keyword", "semantic", "hybrid"]
 
@@ -263,8 +263,9 @@ class SearchService:
         rule = self.duplicate_rule()
         # One slot stays for the ranking, whose cursor pages on.
         room = max(request.size - 1, 1)
+        # Copies by hash need no vector comparison to be copies; skipping it keeps this a hash lookup.
         by_hash = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=room,
-                               vector_hits=[])[:room] if phash else []
+                               vector_hits=[], hash_similarity=False)[:room] if phash else []
         if by_hash:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
         shown = by_hash if request.cursor is None else []
@@ -360,16 +361,19 @@ class SearchService:
         doc = self.document(doc_id, tenant)
         rule = self.duplicate_rule(max_distance, min_similarity, signals)
         scope = Filters(tenant=tenant, exclude_ids=(doc_id,))
-        exact: list[Hit] = []
-        if doc.get("sha256") and "sha256" in rule.signals:
-            exact = self.index.search(
-                SearchQuery(filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest")
-            ).hits
-        vector = self.index.get_vectors(doc_id).get("image_vector") if "image_vector" in rule.signals else None
+        # The exact-copy lookup runs beside the near-copy searches; exact copies are few, so the near side
+        # looks ``size`` deeper and drops them afterwards.
+        exact_future = _BACKGROUND.submit(self.index.search, SearchQuery(
+            filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest",
+        )) if doc.get("sha256") and "sha256" in rule.signals else None
+        try:
+            vector = self.index.get_vectors(doc_id).get("image_vector") if "image_vector" in rule.signals else None
+            copies = self._copies(rule, phash=doc.get("phash"), sha256=doc.get("sha256"), vector=vector,
+                                  scope=scope, depth=2 * size)
+        finally:
+            exact = exact_future.result().hits if exact_future is not None else []
         exact_ids = {h.id for h in exact}
-        near = [(hit, cand, matched) for hit, cand, matched in self._copies(
-            rule, phash=doc.get("phash"), sha256=doc.get("sha256"), vector=vector, scope=scope,
-            depth=size + len(exact)) if hit.id not in exact_ids][:size]
+        near = [(hit, cand, matched) for hit, cand, matched in copies if hit.id not in exact_ids][:size]
         return {
             "id": doc_id,
             "sha256": doc.get("sha256"),
@@ -385,13 +389,14 @@ class SearchService:
 
     def _copies(self, rule: DuplicateRule, *, phash: str | None, sha256: str | None,
                 vector: npt.NDArray[np.float32] | None, scope: Filters, depth: int,
-                vector_hits: list[Hit] | None = None,
-                hash_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
+                vector_hits: list[Hit] | None = None, hash_search: bool = True,
+                hash_similarity: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
         """Images in ``scope`` that are copies of the probe (given by its hashes and vector) under ``rule``,
         most alike first. Candidates come from the index port every backend has: the Hamming search over
         pHashes and a filtered k-NN over image vectors, run side by side; each candidate is then compared
         on every signal (the pHash from its document, the vector for hash-only candidates). A caller that
-        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs."""
+        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs.
+        Hash hits are within the pHash-alone radius, so their vectors only inform (``hash_similarity``)."""
         use_hash = bool(phash) and "phash" in rule.signals and hash_search
         use_vector = vector is not None and vector_hits is None
         if not use_hash and not use_vector and not vector_hits:
@@ -418,7 +423,8 @@ class SearchService:
         for hit in by_hash:
             hits.setdefault(hit.id, hit)
             if hit.id not in candidates:
-                stored = self.index.get_vectors(hit.id).get("image_vector") if vector is not None else None
+                wanted = vector is not None and hash_similarity
+                stored = self.index.get_vectors(hit.id).get("image_vector") if wanted else None
                 candidates[hit.id] = Candidate(
                     hit.id, similarity=round(cosine(vector, stored), 6) if vector is not None and stored is not None
                     else None)

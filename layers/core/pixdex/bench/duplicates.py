@@ -236,6 +236,7 @@ class Outcome:
     found: dict[str, list[bool]] = field(default_factory=dict)    # by kind, from the original's listing
     found_back: dict[str, list[bool]] = field(default_factory=dict)  # by kind, the copy's listing has the original
     false_positives: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    missed: dict[str, int] = field(default_factory=dict)  # by variant name
     negatives: int = 0
     by_signal: dict[str, int] = field(default_factory=dict)
 
@@ -264,6 +265,8 @@ def evaluate(corpus: Corpus, service: SearchService, *, max_distance: int | None
             for other in corpus.docs:
                 if other.group == doc.group and other.id != doc.id:
                     out.found.setdefault(other.kind, []).append(other.id in listed)
+                    if other.id not in listed:
+                        out.missed[other.variant] = out.missed.get(other.variant, 0) + 1
             out.negatives += sum(1 for o in corpus.docs if corpus.different(doc, o))
             for hit in hits:
                 other = by_id[hit["id"]]
@@ -328,7 +331,8 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
     n_copies = sum(len(v) for v in pairs.copy_sim.values())
     lines = [
         SECTION, "",
-        f"`pixdex bench duplicates --photos {args.photos}`: {n_photos} different photos"
+        f"`pixdex bench duplicates --photos {args.photos}"
+        f"{''.join(f' --same-scene {x}' for x in args.same_scene)}`: {n_photos} different photos"
         f"{f' ({args.photos_note})' if args.photos_note else ''}, "
         f"{n_copies // max(n_photos, 1)} edited copies of each ({n_copies} in all), all through the analyze "
         f"pipeline (classifier + image vector only) into one embedded index ({corpus.ingest_s:.0f} s); "
@@ -386,9 +390,9 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
     if fused is not None:
         lines += ["", "Which rule listed each true copy under the fused rule: " + ", ".join(
             f"{k} {v}" for k, v in sorted(fused.by_signal.items(), key=lambda kv: -kv[1])) + "."]
-        missed = [(k, sum(1 for f in v if not f)) for k, v in fused.found.items() if not all(v)]
-        if missed:
-            lines += ["Missed under the fused rule: " + ", ".join(f"{k} {n}" for k, n in missed) + "."]
+        if fused.missed:
+            lines += [f"Missed under the fused rule (of {n_photos} each): " + ", ".join(
+                f"{k} {n}" for k, n in sorted(fused.missed.items(), key=lambda kv: -kv[1])) + "."]
         if fused.false_positives:
             lines += ["False positives under the fused rule: " + "; ".join(
                 f"{a} ~ {b} ({'+'.join(s)})" for a, b, s in fused.false_positives[:5]) + "."]

@@ -201,14 +201,18 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
         kinds["semantic"] = [via_handler("/search", {"q": f"a photo of a {w}", "mode": "semantic"}) for w in words]
         kinds["hybrid"] = [via_handler("/search", {"q": f"{w}", "mode": "hybrid"}) for w in words]
     results: dict[str, Any] = {}
-    for name, calls in kinds.items():
+    for calls in kinds.values():
         calls[0]()  # warm: loads vector matrices, compiles statements
-        samples = []
-        for call in calls:
+    # Kinds take turns, query by query, so a busy spell on a shared machine slows every kind alike and the
+    # kinds compare with each other within one run.
+    samples: dict[str, list[float]] = {name: [] for name in kinds}
+    for i in range(queries):
+        for name, calls in kinds.items():
             t = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - t) * 1000)
-        p50, p95 = _percentiles(samples)
+            calls[i]()
+            samples[name].append((time.perf_counter() - t) * 1000)
+    for name in kinds:
+        p50, p95 = _percentiles(samples[name])
         results[name] = {"p50": p50, "p95": p95}
     results["_recall"] = _recall(index, corpus, rng, None)
     results["_recall_jpeg"] = _recall(index, corpus, rng, "jpeg")
