@@ -263,9 +263,10 @@ class SearchService:
         rule = self.duplicate_rule()
         # One slot stays for the ranking, whose cursor pages on.
         room = max(request.size - 1, 1)
-        # Copies by hash need no vector comparison to be copies; skipping it keeps this a hash lookup.
+        # Copies by hash are compared by vector too (a few vector reads), so they order by similarity
+        # with the copies the ranking finds: a look-alike shot must not outrank the photo's own copy.
         by_hash = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=room,
-                               vector_hits=[], hash_similarity=False)[:room] if phash else []
+                               vector_hits=[])[:room] if phash else []
         if by_hash:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
         shown = by_hash if request.cursor is None else []
@@ -389,14 +390,13 @@ class SearchService:
 
     def _copies(self, rule: DuplicateRule, *, phash: str | None, sha256: str | None,
                 vector: npt.NDArray[np.float32] | None, scope: Filters, depth: int,
-                vector_hits: list[Hit] | None = None, hash_search: bool = True,
-                hash_similarity: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
+                vector_hits: list[Hit] | None = None,
+                hash_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
         """Images in ``scope`` that are copies of the probe (given by its hashes and vector) under ``rule``,
         most alike first. Candidates come from the index port every backend has: the Hamming search over
         pHashes and a filtered k-NN over image vectors, run side by side; each candidate is then compared
         on every signal (the pHash from its document, the vector for hash-only candidates). A caller that
-        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs.
-        Hash hits are within the pHash-alone radius, so their vectors only inform (``hash_similarity``)."""
+        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs."""
         use_hash = bool(phash) and "phash" in rule.signals and hash_search
         use_vector = vector is not None and vector_hits is None
         if not use_hash and not use_vector and not vector_hits:
@@ -423,8 +423,7 @@ class SearchService:
         for hit in by_hash:
             hits.setdefault(hit.id, hit)
             if hit.id not in candidates:
-                wanted = vector is not None and hash_similarity
-                stored = self.index.get_vectors(hit.id).get("image_vector") if wanted else None
+                stored = self.index.get_vectors(hit.id).get("image_vector") if vector is not None else None
                 candidates[hit.id] = Candidate(
                     hit.id, similarity=round(cosine(vector, stored), 6) if vector is not None and stored is not None
                     else None)

@@ -286,6 +286,7 @@ def evaluate(corpus: Corpus, service: SearchService, *, max_distance: int | None
 class Ranks:
     cosine: dict[str, list[int]] = field(default_factory=dict)       # by kind: rank of the original
     copies_first: dict[str, list[int]] = field(default_factory=dict)
+    misses: list[tuple[str, str, int, str]] = field(default_factory=list)  # copies first: photo, variant, rank, top
 
 
 def by_image_ranks(corpus: Corpus, settings: Settings, workdir: Path) -> Ranks:
@@ -314,6 +315,9 @@ def by_image_ranks(corpus: Corpus, settings: Settings, workdir: Path) -> Ranks:
         fused = [h["id"] for h in service.by_image(doc.vector, request, phash=doc.phash, sha256=doc.sha256)["hits"]]
         out.cosine.setdefault(doc.kind, []).append(plain.index(target) + 1 if target in plain else 99)
         out.copies_first.setdefault(doc.kind, []).append(fused.index(target) + 1 if target in fused else 99)
+        if out.copies_first[doc.kind][-1] != 1:
+            top = next((corpus.photos[o.group] for o in originals if fused and o.id == fused[0]), "?")
+            out.misses.append((corpus.photos[doc.group], doc.variant, out.copies_first[doc.kind][-1], top))
     index.close()
     return out
 
@@ -408,6 +412,9 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
             f"{sum(1 for r in table.get(k, []) if r == 1) / max(len(table.get(k, [])), 1):.3f}" for k in kinds) +
             f" | **{sum(1 for r in every if r == 1) / max(len(every), 1):.3f}** | "
             f"{sum(1 for r in every if r <= 3) / max(len(every), 1):.3f} |")
+    if ranks.misses:
+        lines += ["", "Copies whose original did not come first (copies first): " + "; ".join(
+            f"{photo} {variant} (rank {r}, after {top})" for photo, variant, r, top in ranks.misses) + "."]
     lines += [
         "", "Reproduce: `pixdex bench duplicates --photos DIR` (a folder of different photos; "
         "`--same-scene A,B` declares two files shots of one scene; `--keep DIR` keeps the analysed index "
