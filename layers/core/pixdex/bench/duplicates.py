@@ -365,9 +365,11 @@ def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, row
         f"{a} ~ {b} ({d} bits, {s:.3f})" for s, d, a, b in nearest_hash) + "."]
     if pairs.scene:
         top = sorted(pairs.scene, key=lambda p: -p[0])[:2]
-        lines += ["", "Declared shots of the same scene (`--same-scene`, neither copies nor counted as different "
-                  "photos): " + "; ".join(f"{a} ~ {b}: cosine {s:.3f}, {d} bits" for s, d, a, b in top) +
-                  " — every rule, pHash alone included, lists them as duplicates."]
+        nearest = min(pairs.scene, key=lambda p: p[1])
+        lines += ["", "Declared shots of the same scene (`--same-scene`; neither copies nor counted as different "
+                  "photos): most alike " + "; ".join(f"{a} ~ {b}: cosine {s:.3f}, {d} bits" for s, d, a, b in top) +
+                  f"; nearest by pHash {nearest[2]} ~ {nearest[3]}: {nearest[1]} bits, cosine {nearest[0]:.3f}. "
+                  "Both signals, pHash alone included, call such pairs duplicates."]
     lines += [
         "", "### Thresholds", "",
         f"Picked from this run: pHash alone <= **{picked.max_distance}** bits (closest different photo minus "
