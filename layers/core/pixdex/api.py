@@ -23,8 +23,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixdex import __version__, imaging
+from pixdex import __version__, hashing, imaging
 from pixdex.document import DEFAULT_TENANT, document_id
+from pixdex.duplicates import parse_signals
 from pixdex.errors import (
     CapabilityDisabledError,
     ForbiddenError,
@@ -255,10 +256,18 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None,
     @app.get("/images/<image_id>/duplicates")
     def duplicates(
         image_id: ImageId,
-        max_distance: Annotated[int, Query(ge=0, le=MAX_HAMMING_RADIUS, description="Hamming radius")] = 8,
+        max_distance: Annotated[int | None, Query(ge=0, le=MAX_HAMMING_RADIUS, description=(
+            "pHash Hamming radius that alone makes a copy (default PIXDEX_DUPLICATE_MAX_DISTANCE)"))] = None,
+        min_similarity: Annotated[float | None, Query(ge=-1.0, le=1.0, description=(
+            "image-vector cosine that alone makes a copy (default PIXDEX_DUPLICATE_MIN_SIMILARITY)"))] = None,
+        signals: Annotated[str | None, Query(max_length=100, description=(
+            "which signals count: any of sha256,phash,image_vector (default all)"))] = None,
         size: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
-        return service().duplicates(image_id, tenant(), max_distance, size)
+        """Exact copies (SHA-256) and near copies (pHash, image vector, or both together); each near hit says
+        which signals matched, with its pHash distance and vector similarity."""
+        return service().duplicates(image_id, tenant(), max_distance, size, min_similarity=min_similarity,
+                                    signals=parse_signals(signals))
 
     @app.post("/uploads")
     def uploads(request: Annotated[UploadRequest, Body()]) -> Response[str]:
@@ -284,13 +293,21 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None,
         """Query by example: the images most similar to the one given (uploaded, by id, or by key)."""
         request = params.to_request(tenant())
         data, doc_id, bucket, key = request_source()
-        # An indexed image already has its vector: no download, no model run.
+        # An indexed image already has its vector and hashes: no download, no model run.
+        indexed = (runtime.index.get(doc_id) or {}) if doc_id else {}
         vector = runtime.index.get_vectors(doc_id).get("image_vector") if doc_id else None
+        phash, sha256 = indexed.get("phash"), indexed.get("sha256")
         if vector is None:
-            vector = analyzer().image_vectors(load_image(data, bucket, key, _MODEL_SIDE))["image_vector"]
-        if doc_id:
-            request = replace(request, filters=replace(request.filters, exclude_ids=(doc_id,)))
-        return service().by_vector("image_vector", vector, request)
+            if data is None:
+                assert bucket is not None and key is not None
+                data, _ = runtime.store.get(bucket, key, max_bytes=settings.limits.max_bytes)
+                image = imaging.decode(data, settings.limits, target_size=_MODEL_SIDE).image
+            else:
+                image = _decode_inline(data, _MODEL_SIDE, settings)
+            # The query's own hashes let copies of it (resized, recompressed, recoloured) come first.
+            phash, sha256 = hashing.phash(image), hashing.sha256_hex(data)
+            vector = analyzer().image_vectors(image)["image_vector"]
+        return service().by_image(vector, request, phash=phash, sha256=sha256, exclude_id=doc_id)
 
     @app.post("/classify")
     def classify() -> dict[str, Any]:

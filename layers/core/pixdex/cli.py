@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     bql = bench_sub.add_parser("quality", help="search quality (hits@1/5, MRR) on the evaluation photos")
     bench_quality.add_arguments(bql)
     bql.set_defaults(func=bench_quality.run)
+    from pixdex.bench import duplicates as bench_duplicates
+
+    bd = bench_sub.add_parser("duplicates", help="near-duplicate recall, false positives and thresholds "
+                              "(docs/quality.md)")
+    bench_duplicates.add_arguments(bd)
+    bd.set_defaults(func=bench_duplicates.run)
     return p
 
 

@@ -16,9 +16,13 @@ import numpy as np
 import numpy.typing as npt
 
 from pixdex.document import DEFAULT_TENANT
+from pixdex.duplicates import SIGNALS, Candidate, DuplicateRule, Signal, cosine
+from pixdex.duplicates import rank as rank_copies
 from pixdex.errors import InvalidRequestError, NotFoundError
+from pixdex.hashing import hamming
 from pixdex.index.base import (
     FACET_NAMES,
+    MAX_PAGE_SIZE,
     FacetName,
     Filters,
     Hit,
@@ -38,6 +42,9 @@ RRF_K = 60
 # enough for any person paging, bounded so one request never ranks a whole collection.
 MAX_VECTOR_DEPTH = 1000
 MAX_HYBRID_DEPTH = MAX_VECTOR_DEPTH
+# Near-duplicate candidates the vector side looks at (at least): copies of one photo rarely number more,
+# and the cosine floor stops it earlier in collections without look-alikes.
+DUPLICATE_CANDIDATES = 50
 
 SearchMode = Literal["keyword", "semantic", "hybrid"]
 
@@ -243,6 +250,44 @@ class SearchService:
         out.update(self._derivative_urls(doc))
         return out
 
+    def by_image(self, vector: npt.NDArray[np.float32], request: SearchRequest, *, phash: str | None = None,
+                 sha256: str | None = None, exclude_id: str | None = None) -> dict[str, Any]:
+        """Query by example. Copies of the query image (the duplicate rule: pHash, vector, SHA-256) come
+        first, most alike first, then the rest by vector similarity. Copies found by hash are worked out
+        again for every page and left out of the vector ranking, and copies the ranking itself finds only
+        move up within their page, so pages neither repeat nor skip a hit. A page of size 1 that holds a
+        copy found by hash has no next page (ask for a larger size to page on)."""
+        filters = request.filters
+        if exclude_id:
+            filters = replace(filters, exclude_ids=(*filters.exclude_ids, exclude_id))
+        rule = self.duplicate_rule()
+        # One slot stays for the ranking, whose cursor pages on.
+        room = max(request.size - 1, 1)
+        # Copies by hash are compared by vector too (a few vector reads), so they order by similarity
+        # with the copies the ranking finds: a look-alike shot must not outrank the photo's own copy.
+        by_hash = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=room,
+                               vector_hits=[])[:room] if phash else []
+        if by_hash:
+            filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
+        shown = by_hash if request.cursor is None else []
+        rest = request.size - len(shown)
+        if rest <= 0:
+            return {"hits": [self._copy_hit(h, c, m) for h, c, m in shown],
+                    "total": self.index.count(filters) + len(by_hash), "facets": {}, "next_cursor": None}
+        result = self.index.search(SearchQuery(
+            vector=VectorQuery(field="image_vector", vector=vector, k=MAX_VECTOR_DEPTH),
+            filters=filters, facets=request.facets, size=rest, cursor=request.cursor,
+        ))
+        # Copies within the ranked page (vector, or joint with the pHash read off their documents).
+        in_page = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=rest,
+                               vector_hits=result.hits, hash_search=False)
+        copy_ids = {h.id for h, _, _ in in_page}
+        copies = sorted([*shown, *in_page], key=lambda hcm: (-hcm[1].score, hcm[0].id))
+        out = self._shape(replace(result, hits=[h for h in result.hits if h.id not in copy_ids]))
+        out["hits"] = [self._copy_hit(h, c, m) for h, c, m in copies] + out["hits"]
+        out["total"] = result.total + len(by_hash)
+        return out
+
     def by_vector(self, field_name: str, vector: npt.NDArray[np.float32], request: SearchRequest,
                   min_similarity: float | None = None) -> dict[str, Any]:
         query = SearchQuery(
@@ -297,28 +342,105 @@ class SearchService:
         )
         return self._shape(self.index.search(query))
 
-    def duplicates(self, doc_id: str, tenant: str, max_distance: int, size: int) -> dict[str, Any]:
-        """Exact copies (same SHA-256) and near copies (perceptual hash within max_distance bits)."""
+    def duplicate_rule(self, max_distance: int | None = None, min_similarity: float | None = None,
+                       signals: tuple[Signal, ...] = SIGNALS) -> DuplicateRule:
+        """The calibrated thresholds from settings, with a request's overrides."""
+        s = self.settings
+        return DuplicateRule(
+            max_distance=s.duplicate_max_distance if max_distance is None else max_distance,
+            min_similarity=s.duplicate_min_similarity if min_similarity is None else min_similarity,
+            joint_max_distance=s.duplicate_joint_max_distance,
+            joint_min_similarity=s.duplicate_joint_min_similarity,
+            signals=signals,
+        )
+
+    def duplicates(self, doc_id: str, tenant: str, max_distance: int | None = None, size: int = 20,
+                   min_similarity: float | None = None, signals: tuple[Signal, ...] = SIGNALS) -> dict[str, Any]:
+        """Exact copies (same SHA-256) and near copies: pHash within max_distance bits, or image vectors at
+        least min_similarity alike, or both moderately close (see pixdex.duplicates). Each near hit names the
+        signals that matched and carries its pHash distance and vector similarity."""
         doc = self.document(doc_id, tenant)
-        exact: list[Hit] = []
-        near: list[Hit] = []
+        rule = self.duplicate_rule(max_distance, min_similarity, signals)
         scope = Filters(tenant=tenant, exclude_ids=(doc_id,))
-        if doc.get("sha256"):
-            exact = self.index.search(
-                SearchQuery(filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest")
-            ).hits
-        if doc.get("phash"):
-            exact_ids = {h.id for h in exact}
-            near = [h for h in self.index.near_duplicates(doc["phash"], max_distance, scope, size + len(exact))
-                    if h.id not in exact_ids][:size]
+        # The exact-copy lookup runs beside the near-copy searches; exact copies are few, so the near side
+        # looks ``size`` deeper and drops them afterwards.
+        exact_future = _BACKGROUND.submit(self.index.search, SearchQuery(
+            filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest",
+        )) if doc.get("sha256") and "sha256" in rule.signals else None
+        try:
+            vector = self.index.get_vectors(doc_id).get("image_vector") if "image_vector" in rule.signals else None
+            copies = self._copies(rule, phash=doc.get("phash"), sha256=doc.get("sha256"), vector=vector,
+                                  scope=scope, depth=2 * size)
+        finally:
+            exact = exact_future.result().hits if exact_future is not None else []
+        exact_ids = {h.id for h in exact}
+        near = [(hit, cand, matched) for hit, cand, matched in copies if hit.id not in exact_ids][:size]
         return {
             "id": doc_id,
             "sha256": doc.get("sha256"),
             "phash": doc.get("phash"),
-            "max_distance": max_distance,
-            "exact": [self._hit(h) for h in exact],
-            "near": [self._hit(h) for h in near],
+            "max_distance": rule.max_distance,
+            "min_similarity": rule.min_similarity,
+            "joint": {"max_distance": rule.joint_max_distance, "min_similarity": rule.joint_min_similarity}
+            if rule.joint else None,
+            "signals": list(rule.signals),
+            "exact": [{**self._hit(h), "signals": ["sha256"]} for h in exact],
+            "near": [self._copy_hit(hit, cand, matched) for hit, cand, matched in near],
         }
+
+    def _copies(self, rule: DuplicateRule, *, phash: str | None, sha256: str | None,
+                vector: npt.NDArray[np.float32] | None, scope: Filters, depth: int,
+                vector_hits: list[Hit] | None = None,
+                hash_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
+        """Images in ``scope`` that are copies of the probe (given by its hashes and vector) under ``rule``,
+        most alike first. Candidates come from the index port every backend has: the Hamming search over
+        pHashes and a filtered k-NN over image vectors, run side by side; each candidate is then compared
+        on every signal (the pHash from its document, the vector for hash-only candidates). A caller that
+        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs."""
+        use_hash = bool(phash) and "phash" in rule.signals and hash_search
+        use_vector = vector is not None and vector_hits is None
+        if not use_hash and not use_vector and not vector_hits:
+            return []
+        hash_future = _BACKGROUND.submit(
+            self.index.near_duplicates, str(phash), rule.max_distance, scope, min(depth, MAX_PAGE_SIZE)
+        ) if use_hash else None
+        try:
+            by_vector: list[Hit] = list(vector_hits or [])
+            if use_vector:
+                assert vector is not None
+                # Deep enough that joint matches (cosine from the floor up, pHash close) are not cut off.
+                k = min(max(depth, DUPLICATE_CANDIDATES), MAX_PAGE_SIZE)
+                by_vector = self.index.search(SearchQuery(
+                    vector=VectorQuery(field="image_vector", vector=vector, k=k, min_similarity=rule.vector_floor),
+                    filters=scope, size=k)).hits
+        finally:
+            by_hash = hash_future.result() if hash_future is not None else []
+        hits: dict[str, Hit] = {}
+        candidates: dict[str, Candidate] = {}
+        for hit in by_vector:
+            hits[hit.id] = hit
+            candidates[hit.id] = Candidate(hit.id, similarity=round(float(hit.score), 6))
+        for hit in by_hash:
+            hits.setdefault(hit.id, hit)
+            if hit.id not in candidates:
+                stored = self.index.get_vectors(hit.id).get("image_vector") if vector is not None else None
+                candidates[hit.id] = Candidate(
+                    hit.id, similarity=round(cosine(vector, stored), 6) if vector is not None and stored is not None
+                    else None)
+        for doc_id, cand in candidates.items():
+            doc = hits[doc_id].doc
+            other = doc.get("phash")
+            if phash and isinstance(other, str):
+                cand.distance = hamming(phash, other)
+            cand.same_sha256 = bool(sha256) and doc.get("sha256") == sha256
+        return [(hits[c.id], c, matched) for c, matched in rank_copies(list(candidates.values()), rule)]
+
+    def _copy_hit(self, hit: Hit, cand: Candidate, matched: list[str]) -> dict[str, Any]:
+        out = self._hit(replace(hit, score=round(cand.score, 6), source="hash" if "phash" in matched else "vector",
+                                distance=cand.distance))
+        out["similarity"] = cand.similarity
+        out["signals"] = matched
+        return out
 
     def stats(self, tenant: str) -> dict[str, Any]:
         scope = Filters(tenant=tenant)

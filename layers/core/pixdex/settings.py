@@ -88,6 +88,13 @@ class Settings:
     # Reciprocal-rank-fusion weights of the keyword and vector rankings in hybrid search.
     hybrid_keyword_weight: float = 1.0
     hybrid_vector_weight: float = 1.0
+    # Near duplicates (pixdex.duplicates): a copy is within duplicate_max_distance pHash bits, or at least
+    # duplicate_min_similarity image-vector cosine, or both within the joint pair. Calibrated by
+    # `pixdex bench duplicates` (docs/quality.md).
+    duplicate_max_distance: int = 10
+    duplicate_min_similarity: float = 0.82
+    duplicate_joint_max_distance: int = 20
+    duplicate_joint_min_similarity: float = 0.69
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 
@@ -152,6 +159,13 @@ class Settings:
             max_upload_bytes=_int(env, env_names.MAX_UPLOAD_BYTES, base.max_upload_bytes),
             hybrid_keyword_weight=_float(env, env_names.HYBRID_KEYWORD_WEIGHT, base.hybrid_keyword_weight),
             hybrid_vector_weight=_float(env, env_names.HYBRID_VECTOR_WEIGHT, base.hybrid_vector_weight),
+            duplicate_max_distance=_int(env, env_names.DUPLICATE_MAX_DISTANCE, base.duplicate_max_distance,
+                                        minimum=0),
+            duplicate_min_similarity=_float(env, env_names.DUPLICATE_MIN_SIMILARITY, base.duplicate_min_similarity),
+            duplicate_joint_max_distance=_int(env, env_names.DUPLICATE_JOINT_MAX_DISTANCE,
+                                              base.duplicate_joint_max_distance, minimum=0),
+            duplicate_joint_min_similarity=_float(env, env_names.DUPLICATE_JOINT_MIN_SIMILARITY,
+                                                  base.duplicate_joint_min_similarity),
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
         )
@@ -202,6 +216,10 @@ class Settings:
             env_names.MAX_UPLOAD_BYTES: str(self.max_upload_bytes),
             env_names.HYBRID_KEYWORD_WEIGHT: repr(self.hybrid_keyword_weight),
             env_names.HYBRID_VECTOR_WEIGHT: repr(self.hybrid_vector_weight),
+            env_names.DUPLICATE_MAX_DISTANCE: str(self.duplicate_max_distance),
+            env_names.DUPLICATE_MIN_SIMILARITY: repr(self.duplicate_min_similarity),
+            env_names.DUPLICATE_JOINT_MAX_DISTANCE: str(self.duplicate_joint_max_distance),
+            env_names.DUPLICATE_JOINT_MIN_SIMILARITY: repr(self.duplicate_joint_min_similarity),
             env_names.AWS_REGION: self.aws_region,
         }
         for name, value in ((env_names.INDEX_AWS_SERVICE, self.cluster.aws_service),

@@ -148,15 +148,20 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p95
 
 
-def _event(path: str, query: dict[str, str]) -> dict[str, Any]:
-    return {
+def _event(path: str, query: dict[str, str], body: dict[str, Any] | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {
         "version": "2.0", "routeKey": "$default", "rawPath": path,
         "rawQueryString": "&".join(f"{k}={v}" for k, v in query.items()),
         "queryStringParameters": query or None, "headers": {},
-        "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"},
+        "requestContext": {"http": {"method": "GET" if body is None else "POST", "path": path,
+                                    "sourceIp": "127.0.0.1"},
                            "requestId": "bench", "stage": "$default"},
         "isBase64Encoded": False,
     }
+    if body is not None:
+        event["headers"] = {"content-type": "application/json"}
+        event["body"] = json.dumps(body)
+    return event
 
 
 def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str | None,
@@ -182,9 +187,9 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
     words = [" ".join(str(w) for w in rng.choice(_WORDS, size=1 + i % 2)) for i in range(queries)]
     picks = [corpus.ids[int(i)] for i in rng.integers(0, n, size=queries)]
 
-    def via_handler(path: str, query: dict[str, str]) -> Callable[[], None]:
+    def via_handler(path: str, query: dict[str, str], body: dict[str, Any] | None = None) -> Callable[[], None]:
         def call() -> None:
-            resp = app.resolve(_event(path, query), context)
+            resp = app.resolve(_event(path, query, body), context)
             if resp["statusCode"] != 200:
                 raise RuntimeError(f"{path} {query}: {resp['statusCode']} {resp['body'][:200]}")
         return call
@@ -194,20 +199,29 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
         "filtered listing": [via_handler("/search", {"format": "png", "min_width": "1500", "sort": "newest"})
                              for _ in words],
         "similar (filtered)": [via_handler(f"/images/{p}/similar", {"format": "jpeg", "size": "20"}) for p in picks],
+        # pHash only is the duplicates query as it was before the signals were fused: the same-run baseline.
+        "duplicates (pHash only)": [via_handler(f"/images/{p}/duplicates", {"max_distance": "8",
+                                                                          "signals": "sha256,phash"})
+                                    for p in picks],
         "duplicates": [via_handler(f"/images/{p}/duplicates", {"max_distance": "8"}) for p in picks],
+        "by image (id)": [via_handler("/search/image", {"size": "20"}, body={"image_id": p}) for p in picks],
     }
     if embedder is not None:
         kinds["semantic"] = [via_handler("/search", {"q": f"a photo of a {w}", "mode": "semantic"}) for w in words]
         kinds["hybrid"] = [via_handler("/search", {"q": f"{w}", "mode": "hybrid"}) for w in words]
     results: dict[str, Any] = {}
-    for name, calls in kinds.items():
+    for calls in kinds.values():
         calls[0]()  # warm: loads vector matrices, compiles statements
-        samples = []
-        for call in calls:
+    # Kinds take turns, query by query, so a busy spell on a shared machine slows every kind alike and the
+    # kinds compare with each other within one run.
+    samples: dict[str, list[float]] = {name: [] for name in kinds}
+    for i in range(queries):
+        for name, calls in kinds.items():
             t = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - t) * 1000)
-        p50, p95 = _percentiles(samples)
+            calls[i]()
+            samples[name].append((time.perf_counter() - t) * 1000)
+    for name in kinds:
+        p50, p95 = _percentiles(samples[name])
         results[name] = {"p50": p50, "p95": p95}
     results["_recall"] = _recall(index, corpus, rng, None)
     results["_recall_jpeg"] = _recall(index, corpus, rng, "jpeg")

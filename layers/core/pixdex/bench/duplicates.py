@@ -1,0 +1,492 @@
+"""``pixdex bench duplicates``: how well near duplicates and query by image find edited copies of a photo.
+
+Every photo and its edited copies (pixdex.bench.variants: crops 70-95 %, resizes, JPEG q 20-95, rotations
+of ±5 degrees, brightness and colour tweaks, watermarks, combinations) go through the real analyze
+pipeline into an embedded index. Then, in the same run:
+
+- the score distributions per signal (pHash Hamming distance, image-vector cosine) of true copies against
+  their original, and of different photos against each other;
+- thresholds picked from them with a margin (the closest different photo plus a margin), beside the
+  configured ones (Settings, whose defaults come from this benchmark);
+- recall per edit kind and false positives among different photos, through the real duplicates query, for
+  each signal alone (pHash only is the old behaviour, the baseline) and for the fused rule;
+- query by image against an index of the originals only: how often a copy finds its original first,
+  cosine ranking alone (the old behaviour) against copies-first.
+
+Only the models that the signals need run (classifier + image vector); captions and OCR do not take part.
+Results go to the near-duplicates section of docs/quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from pixdex.bench.report import write_section
+from pixdex.bench.variants import Variant, standard_variants
+from pixdex.document import document_id
+from pixdex.duplicates import SIGNALS, Signal
+from pixdex.events import ObjectEvent
+from pixdex.hashing import hamming
+from pixdex.index.base import Filters
+from pixdex.index.sqlite import SqliteIndex
+from pixdex.query import SearchRequest, SearchService
+from pixdex.runtime import Runtime
+from pixdex.settings import Settings
+from pixdex.storage import FolderStore
+
+SECTION: Final = "## Near duplicates and query by image (fused signals)"
+DEFAULT_OUTPUT: Final = Path("docs/quality.md")
+PHOTO_SUFFIXES: Final = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".avif")
+# The old duplicates default: pHash within 8 bits. The baseline every fused figure is compared with.
+BASELINE_MAX_DISTANCE: Final = 8
+# Margins between the closest different photo and a picked threshold.
+DISTANCE_MARGIN: Final = 4
+SIMILARITY_MARGIN: Final = 0.04
+BATCH: Final = 16
+
+
+@dataclass
+class Doc:
+    id: str
+    group: int            # which photo it shows
+    variant: str          # "original" or the variant's name
+    kind: str
+    phash: str | None
+    sha256: str | None
+    vector: npt.NDArray[np.float32] | None
+
+
+@dataclass
+class Corpus:
+    photos: list[str]
+    docs: list[Doc]
+    same_scene: set[frozenset[int]] = field(default_factory=set)
+    ingest_s: float = 0.0
+
+    def originals(self) -> list[Doc]:
+        return [d for d in self.docs if d.variant == "original"]
+
+    def different(self, a: Doc, b: Doc) -> bool:
+        """Different photos (not copies of one, nor declared shots of the same scene)."""
+        return a.group != b.group and frozenset((a.group, b.group)) not in self.same_scene
+
+
+def photo_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def build(photos: Sequence[Path], variants: Sequence[Variant], workdir: Path,
+          same_scene: Sequence[tuple[str, str]] = ()) -> tuple[Corpus, Runtime]:
+    """Every photo and its variants through the analyze pipeline into a fresh embedded index. A workdir
+    kept from an earlier run over the same photos and variants is reused as it is (``--keep``)."""
+    from pixdex.imaging import decode
+
+    settings = Settings(originals_bucket="bench-originals", derivatives_bucket="bench-derivatives",
+                        index_url=f"sqlite:///{workdir / 'duplicates.db'}", data_dir=workdir,
+                        capabilities=("classify", "embed"))
+    store = FolderStore(workdir / "s3")
+    runtime = Runtime(settings, store=store, embedder=None)
+    names = [p.name for p in photos]
+    manifest = workdir / "corpus.json"
+    plan = {"photos": names, "variants": [v.name for v in variants]}
+    kept = json.loads(manifest.read_text()) if manifest.exists() else None
+    if kept and kept["plan"]["variants"] == plan["variants"] and set(names) <= set(kept["plan"]["photos"]):
+        # Photos dropped since are removed from the kept index, so they cannot be listed.
+        kept_names = kept["plan"]["photos"]
+        docs = []
+        for d in kept["docs"]:
+            name = kept_names[d["group"]]
+            if name in names:
+                docs.append(Doc(d["id"], names.index(name), d["variant"], d["kind"], None, None, None))
+            else:
+                runtime.index.delete(d["id"])
+        kept["plan"]["photos"] = names
+        kept["docs"] = [{"id": d.id, "group": d.group, "variant": d.variant, "kind": d.kind} for d in docs]
+        manifest.write_text(json.dumps(kept))
+        _read_signals(runtime, docs)
+        scenes = {frozenset((names.index(a), names.index(b))) for a, b in same_scene if a in names and b in names}
+        return Corpus(photos=names, docs=docs, same_scene=scenes, ingest_s=float(kept["ingest_s"])), runtime
+    pipeline = runtime.pipeline
+    docs = []
+    events: list[ObjectEvent] = []
+    t0 = time.perf_counter()
+
+    def flush() -> None:
+        for event, result in zip(events, pipeline.analyze_many(events), strict=True):
+            if isinstance(result, Exception):
+                raise RuntimeError(f"{event.key}: {result}") from result
+        events.clear()
+
+    for group, path in enumerate(photos):
+        data = path.read_bytes()
+        image = decode(data, settings.limits).image
+        files = [("original", "original", path.suffix.lower().lstrip("."), data)]
+        files += [(v.name, v.kind, "jpg", v.render(image)) for v in variants]
+        for name, kind, ext, payload in files:
+            key = f"{path.stem}/{name}.{ext}"
+            etag = store.put(settings.originals_bucket, key, payload, content_type="application/octet-stream")
+            events.append(ObjectEvent(kind="created", bucket=settings.originals_bucket, key=key, etag=etag))
+            docs.append(Doc(document_id(settings.originals_bucket, key), group, name, kind, None, None, None))
+            if len(events) >= BATCH:
+                flush()
+    flush()
+    ingest_s = time.perf_counter() - t0
+    _read_signals(runtime, docs)
+    manifest.write_text(json.dumps({"plan": plan, "ingest_s": ingest_s, "docs": [
+        {"id": d.id, "group": d.group, "variant": d.variant, "kind": d.kind} for d in docs]}))
+    scenes = {frozenset((names.index(a), names.index(b))) for a, b in same_scene if a in names and b in names}
+    return Corpus(photos=names, docs=docs, same_scene=scenes, ingest_s=ingest_s), runtime
+
+
+def _read_signals(runtime: Runtime, docs: Sequence[Doc]) -> None:
+    """Each document's hashes and vector as analyze stored them."""
+    for doc in docs:
+        stored = runtime.index.get(doc.id) or {}
+        doc.phash, doc.sha256 = stored.get("phash"), stored.get("sha256")
+        doc.vector = runtime.index.get_vectors(doc.id).get("image_vector")
+
+
+# ---------------------------------------------------------------------------------------- distributions
+
+@dataclass
+class Pairs:
+    """Per-signal scores of (query, other) pairs: copies of one photo, and different photos."""
+
+    copy_sim: dict[str, list[float]] = field(default_factory=dict)     # by kind
+    copy_dist: dict[str, list[int]] = field(default_factory=dict)
+    other_sim: list[float] = field(default_factory=list)
+    other_dist: list[int] = field(default_factory=list)
+    other_pairs: list[tuple[float, int, str, str]] = field(default_factory=list)  # (sim, dist, a, b)
+    scene: list[tuple[float, int, str, str]] = field(default_factory=list)
+
+
+def pair_scores(corpus: Corpus) -> Pairs:
+    """Copies against their original; each original against every document of every other photo."""
+    out = Pairs()
+    docs = [d for d in corpus.docs if d.vector is not None and d.phash is not None]
+    matrix = np.stack([_unit(d.vector) for d in docs])  # type: ignore[arg-type]
+    sims = matrix @ matrix.T
+    originals = {d.group: i for i, d in enumerate(docs) if d.variant == "original"}
+    for i, d in enumerate(docs):
+        if d.variant == "original":
+            continue
+        o = originals[d.group]
+        out.copy_sim.setdefault(d.kind, []).append(float(sims[i, o]))
+        out.copy_dist.setdefault(d.kind, []).append(hamming(str(d.phash), str(docs[o].phash)))
+    for o in originals.values():
+        a = docs[o]
+        for j, b in enumerate(docs):
+            if b.group == a.group:
+                continue
+            entry = (float(sims[o, j]), hamming(str(a.phash), str(b.phash)),
+                     corpus.photos[a.group], f"{corpus.photos[b.group]}:{b.variant}")
+            if corpus.different(a, b):
+                out.other_sim.append(entry[0])
+                out.other_dist.append(entry[1])
+                out.other_pairs.append(entry)
+            else:
+                out.scene.append(entry)
+    return out
+
+
+@dataclass(frozen=True)
+class Picked:
+    max_distance: int
+    min_similarity: float
+    joint_max_distance: int
+    joint_min_similarity: float
+
+
+def pick_thresholds(pairs: Pairs, joint_max_distance: int) -> Picked:
+    """Each threshold a margin away from the closest different photo: the pHash radius below the nearest
+    hash, the cosine above the most similar vector, and for the joint rule (pHash within
+    ``joint_max_distance``) the cosine above the most similar photo that is also that close in hash."""
+    max_distance = max(0, min(pairs.other_dist, default=64) - DISTANCE_MARGIN)
+    min_similarity = _ceil2(max(pairs.other_sim, default=0.0) + SIMILARITY_MARGIN)
+    close = [s for s, d, _, _ in pairs.other_pairs if d <= joint_max_distance]
+    joint_min_similarity = min(min_similarity, _ceil2(max(close, default=0.0) + SIMILARITY_MARGIN))
+    return Picked(max_distance, min(min_similarity, 1.0), joint_max_distance, min(joint_min_similarity, 1.0))
+
+
+def _ceil2(x: float) -> float:
+    return math.ceil(x * 100 - 1e-9) / 100
+
+
+def _unit(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    n = float(np.linalg.norm(v))
+    return v / n if n else v
+
+
+# ---------------------------------------------------------------------------------------- the real query
+
+@dataclass
+class Outcome:
+    found: dict[str, list[bool]] = field(default_factory=dict)    # by kind, from the original's listing
+    found_back: dict[str, list[bool]] = field(default_factory=dict)  # by kind, the copy's listing has the original
+    false_positives: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    missed: dict[str, int] = field(default_factory=dict)  # by variant name
+    negatives: int = 0
+    by_signal: dict[str, int] = field(default_factory=dict)
+
+    def recall(self, kind: str | None = None) -> float:
+        values = [v for k, vs in self.found.items() if kind is None or k == kind for v in vs]
+        return sum(values) / len(values) if values else float("nan")
+
+    def recall_back(self) -> float:
+        values = [v for vs in self.found_back.values() for v in vs]
+        return sum(values) / len(values) if values else float("nan")
+
+
+def evaluate(corpus: Corpus, service: SearchService, *, max_distance: int | None, min_similarity: float | None,
+             signals: tuple[Signal, ...]) -> Outcome:
+    """GET /images/{id}/duplicates for every original and every copy, as the API runs it."""
+    out = Outcome()
+    by_id = {d.id: d for d in corpus.docs}
+    per_group = max(sum(1 for d in corpus.docs if d.group == g.group) for g in corpus.originals())
+    size = min(100, per_group + 10)
+    for doc in corpus.docs:
+        listing = service.duplicates(doc.id, "default", max_distance, size, min_similarity=min_similarity,
+                                     signals=signals)
+        hits = listing["exact"] + listing["near"]
+        listed = {h["id"] for h in hits}
+        if doc.variant == "original":
+            for other in corpus.docs:
+                if other.group == doc.group and other.id != doc.id:
+                    out.found.setdefault(other.kind, []).append(other.id in listed)
+                    if other.id not in listed:
+                        out.missed[other.variant] = out.missed.get(other.variant, 0) + 1
+            out.negatives += sum(1 for o in corpus.docs if corpus.different(doc, o))
+            for hit in hits:
+                other = by_id[hit["id"]]
+                if other.group == doc.group:
+                    for signal in hit["signals"]:
+                        out.by_signal[signal] = out.by_signal.get(signal, 0) + 1
+                if corpus.different(doc, other):
+                    out.false_positives.append((corpus.photos[doc.group],
+                                                f"{corpus.photos[other.group]}:{other.variant}", hit["signals"]))
+        else:
+            original = next(o for o in corpus.originals() if o.group == doc.group)
+            out.found_back.setdefault(doc.kind, []).append(original.id in listed)
+    return out
+
+
+@dataclass
+class Ranks:
+    cosine: dict[str, list[int]] = field(default_factory=dict)       # by kind: rank of the original
+    copies_first: dict[str, list[int]] = field(default_factory=dict)
+    misses: list[tuple[str, str, int, str]] = field(default_factory=list)  # copies first: photo, variant, rank, top
+
+
+def by_image_ranks(corpus: Corpus, settings: Settings, workdir: Path) -> Ranks:
+    """POST /search/image with each copy against an index of the originals only (the copy itself is not
+    indexed, as when someone searches with an edited file): the original's rank, cosine ranking alone
+    against copies-first. The query's vector and hashes are what the API computes from the upload: the
+    pipeline decodes and embeds it the same way."""
+    for suffix in ("", "-wal", "-shm"):
+        (workdir / f"originals.db{suffix}").unlink(missing_ok=True)
+    index = SqliteIndex(workdir / "originals.db")
+    index.ensure()
+    originals = corpus.originals()
+    for doc in originals:
+        index.upsert(doc.id, {"bucket": "bench-originals", "key": doc.id, "tenant": "default",
+                              "uploaded_at": "2026-01-01T00:00:00+00:00", "phash": doc.phash, "sha256": doc.sha256,
+                              **({"image_vector": doc.vector} if doc.vector is not None else {})})
+    store = FolderStore(workdir / "s3")
+    service = SearchService(settings, index, store)
+    request = SearchRequest(filters=Filters(tenant="default"), size=10)
+    out = Ranks()
+    for doc in corpus.docs:
+        if doc.variant == "original" or doc.vector is None:
+            continue
+        target = next(o.id for o in originals if o.group == doc.group)
+        plain = [h["id"] for h in service.by_vector("image_vector", doc.vector, request)["hits"]]
+        fused = [h["id"] for h in service.by_image(doc.vector, request, phash=doc.phash, sha256=doc.sha256)["hits"]]
+        out.cosine.setdefault(doc.kind, []).append(plain.index(target) + 1 if target in plain else 99)
+        out.copies_first.setdefault(doc.kind, []).append(fused.index(target) + 1 if target in fused else 99)
+        if out.copies_first[doc.kind][-1] != 1:
+            top = next((corpus.photos[o.group] for o in originals if fused and o.id == fused[0]), "?")
+            out.misses.append((corpus.photos[doc.group], doc.variant, out.copies_first[doc.kind][-1], top))
+    index.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
+
+
+def render(corpus: Corpus, pairs: Pairs, picked: Picked, settings: Settings, rows: dict[str, Outcome],
+           ranks: Ranks, args: argparse.Namespace, elapsed_s: float) -> str:
+    kinds = list(pairs.copy_sim)
+    n_photos = len(corpus.photos)
+    n_copies = sum(len(v) for v in pairs.copy_sim.values())
+    lines = [
+        SECTION, "",
+        f"`pixdex bench duplicates --photos {args.photos}"
+        f"{''.join(f' --same-scene {x}' for x in args.same_scene)}`: {n_photos} different photos"
+        f"{f' ({args.photos_note})' if args.photos_note else ''}, "
+        f"{n_copies // max(n_photos, 1)} edited copies of each ({n_copies} in all), all through the analyze "
+        f"pipeline (classifier + image vector only) into one embedded index ({corpus.ingest_s:.0f} s); "
+        f"{platform.machine()}, Python {platform.python_version()}, {elapsed_s:.0f} s in all. "
+        "Copies are JPEG q90 unless the edit is a recompression. These thresholds replace the cosine cut-off "
+        "suggested under 'Near-duplicates (image_vector cosine)' above (19 photos, crops of 10 % only).", "",
+        "### Score distributions", "",
+        "Copies against their original; 'different photos' is each original against every document (original "
+        "or copy) of every other photo.", "",
+        "| edit | copies | cosine min / p10 / median | pHash bits median / max |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind in kinds:
+        sims = np.array(pairs.copy_sim[kind])
+        dists = np.array(pairs.copy_dist[kind])
+        lines.append(f"| {kind} | {len(sims)} | {sims.min():.3f} / {np.quantile(sims, 0.1):.3f} / "
+                     f"{np.median(sims):.3f} | {np.median(dists):.0f} / {dists.max()} |")
+    other_sim, other_dist = np.array(pairs.other_sim), np.array(pairs.other_dist)
+    lines.append(f"| **different photos** | {len(other_sim)} | max {other_sim.max():.3f}, p99.9 "
+                 f"{np.quantile(other_sim, 0.999):.3f} | min {other_dist.min()}, p0.1 "
+                 f"{np.quantile(other_dist, 0.001):.0f} |")
+    closest = sorted(pairs.other_pairs, key=lambda p: -p[0])[:3]
+    nearest_hash = sorted(pairs.other_pairs, key=lambda p: p[1])[:3]
+    lines += ["", "Most alike different photos by cosine: " + "; ".join(
+        f"{a} ~ {b} ({s:.3f}, {d} bits)" for s, d, a, b in closest) + ". Nearest by pHash: " + "; ".join(
+        f"{a} ~ {b} ({d} bits, {s:.3f})" for s, d, a, b in nearest_hash) + "."]
+    if pairs.scene:
+        top = sorted(pairs.scene, key=lambda p: -p[0])[:2]
+        nearest = min(pairs.scene, key=lambda p: p[1])
+        lines += ["", "Declared shots of the same scene (`--same-scene`; neither copies nor counted as different "
+                  "photos): most alike " + "; ".join(f"{a} ~ {b}: cosine {s:.3f}, {d} bits" for s, d, a, b in top) +
+                  f"; nearest by pHash {nearest[2]} ~ {nearest[3]}: {nearest[1]} bits, cosine {nearest[0]:.3f}. "
+                  "Both signals, pHash alone included, call such pairs duplicates."]
+    lines += [
+        "", "### Thresholds", "",
+        f"Picked from this run: pHash alone <= **{picked.max_distance}** bits (closest different photo minus "
+        f"{DISTANCE_MARGIN}), cosine alone >= **{picked.min_similarity:.2f}** (most similar different photo plus "
+        f"{SIMILARITY_MARGIN}), joint: pHash <= {picked.joint_max_distance} and cosine >= "
+        f"**{picked.joint_min_similarity:.2f}** (most similar different photo that is also within "
+        f"{picked.joint_max_distance} bits, plus {SIMILARITY_MARGIN}). Configured (Settings defaults, "
+        f"`PIXDEX_DUPLICATE_*`): pHash <= {settings.duplicate_max_distance}, cosine >= "
+        f"{settings.duplicate_min_similarity:.2f}, joint pHash <= {settings.duplicate_joint_max_distance} and "
+        f"cosine >= {settings.duplicate_joint_min_similarity:.2f}.",
+        "", "### Recall and false positives through GET /images/{id}/duplicates", "",
+        "Recall: share of an original's copies listed in its duplicates (and, last column, share of copies whose "
+        "listing holds the original). False positives: documents of a different photo listed, over all "
+        "(original, different-photo document) pairs.", "",
+        "| rule | " + " | ".join(kinds) + " | recall | copy -> original | false positives |",
+        "|---|" + "---:|" * (len(kinds) + 3),
+    ]
+    for name, outcome in rows.items():
+        fp = len(outcome.false_positives)
+        lines.append(f"| {name} | " + " | ".join(_fmt(outcome.recall(k)) for k in kinds) +
+                     f" | **{_fmt(outcome.recall())}** | {_fmt(outcome.recall_back())} | {fp} of "
+                     f"{outcome.negatives:,} ({fp / max(outcome.negatives, 1):.2%}) |")
+    fused = rows.get("fused (configured)")
+    if fused is not None:
+        lines += ["", "Which rule listed each true copy under the fused rule: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(fused.by_signal.items(), key=lambda kv: -kv[1])) + "."]
+        if fused.missed:
+            lines += [f"Missed under the fused rule (of {n_photos} each): " + ", ".join(
+                f"{k} {n}" for k, n in sorted(fused.missed.items(), key=lambda kv: -kv[1])) + "."]
+        if fused.false_positives:
+            lines += ["False positives under the fused rule: " + "; ".join(
+                f"{a} ~ {b} ({'+'.join(s)})" for a, b, s in fused.false_positives[:5]) + "."]
+    lines += [
+        "", "### Query by image: rank of the original", "",
+        "Each copy is the query image of POST /search/image over an index of the originals only.", "",
+        "| ordering | " + " | ".join(kinds) + " | original first | in top 3 |",
+        "|---|" + "---:|" * (len(kinds) + 2),
+    ]
+    for label, table in (("cosine only (before)", ranks.cosine), ("copies first (now)", ranks.copies_first)):
+        every = [r for v in table.values() for r in v]
+        lines.append(f"| {label} | " + " | ".join(
+            f"{sum(1 for r in table.get(k, []) if r == 1) / max(len(table.get(k, [])), 1):.3f}" for k in kinds) +
+            f" | **{sum(1 for r in every if r == 1) / max(len(every), 1):.3f}** | "
+            f"{sum(1 for r in every if r <= 3) / max(len(every), 1):.3f} |")
+    if ranks.misses:
+        lines += ["", "Copies whose original did not come first (copies first): " + "; ".join(
+            f"{photo} {variant} (rank {r}, after {top})" for photo, variant, r, top in ranks.misses) + "."]
+    lines += [
+        "", "Reproduce: `pixdex bench duplicates --photos DIR` (a folder of different photos; "
+        "`--same-scene A,B` declares two files shots of one scene; `--keep DIR` keeps the analysed index "
+        "for reruns). The Settings defaults are this run's picked thresholds; rerun on a larger photo set "
+        "before trusting them for a library with many look-alike photos.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--photos", type=Path, required=True, help="a folder of different photos")
+    parser.add_argument("--same-scene", action="append", default=[], metavar="A,B",
+                        help="two file names that are shots of the same scene (not counted as different photos)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--photos-note", default="", help="where the photos come from, for the report")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the index in this folder, and reuse it when it holds the same photos")
+
+
+def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark over a plain list of photo files; returns the figures and writes the section."""
+    t0 = time.perf_counter()
+    scenes = [tuple(s.split(",", 1)) for s in args.same_scene if "," in s]
+    with tempfile.TemporaryDirectory(prefix="pixdex-bench-dup-") as tmp:
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
+        corpus, runtime = build(photos, standard_variants(), workdir,
+                                same_scene=[(a, b) for a, b in scenes])
+        pairs = pair_scores(corpus)
+        settings = runtime.settings
+        picked = pick_thresholds(pairs, settings.duplicate_joint_max_distance)
+        print(json.dumps({"ingest_s": corpus.ingest_s, "picked": picked.__dict__,
+                          "most_alike_different": sorted(pairs.other_pairs, key=lambda p: -p[0])[:5],
+                          "nearest_hash_different": sorted(pairs.other_pairs, key=lambda p: p[1])[:5]},
+                         default=float), flush=True)
+        service = SearchService(settings, runtime.index, runtime.store)
+        tuned = SearchService(replace(settings, duplicate_max_distance=picked.max_distance,
+                                      duplicate_min_similarity=picked.min_similarity,
+                                      duplicate_joint_min_similarity=picked.joint_min_similarity),
+                              runtime.index, runtime.store)
+        rows = {
+            f"pHash only, <= {BASELINE_MAX_DISTANCE} bits (before)": evaluate(
+                corpus, service, max_distance=BASELINE_MAX_DISTANCE, min_similarity=None,
+                signals=("sha256", "phash")),
+            f"pHash only, <= {settings.duplicate_max_distance} bits": evaluate(
+                corpus, service, max_distance=None, min_similarity=None, signals=("sha256", "phash")),
+            f"image vector only, >= {settings.duplicate_min_similarity:.2f}": evaluate(
+                corpus, service, max_distance=None, min_similarity=None, signals=("sha256", "image_vector")),
+            "fused (configured)": evaluate(corpus, service, max_distance=None, min_similarity=None, signals=SIGNALS),
+            "fused (picked here)": evaluate(corpus, tuned, max_distance=None, min_similarity=None, signals=SIGNALS),
+        }
+        ranks = by_image_ranks(corpus, settings, workdir)
+        runtime.index.close()
+    elapsed = time.perf_counter() - t0
+    write_section(args.output, SECTION, render(corpus, pairs, picked, settings, rows, ranks, args, elapsed))
+    return {
+        "photos": len(corpus.photos), "copies": len(corpus.docs) - len(corpus.photos), "picked": picked.__dict__,
+        "recall": {k: v.recall() for k, v in rows.items()},
+        "false_positives": {k: len(v.false_positives) for k, v in rows.items()},
+        "by_image_first": {
+            "cosine": float(np.mean([r == 1 for v in ranks.cosine.values() for r in v])),
+            "copies_first": float(np.mean([r == 1 for v in ranks.copies_first.values() for r in v])),
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    photos = photo_files(args.photos)
+    if len(photos) < 2:
+        raise SystemExit(f"pixdex bench duplicates: {args.photos} holds {len(photos)} photos; give at least 2")
+    print(json.dumps(run_photos(photos, args), default=float))
+    print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,49 @@
+"""``pixdex bench duplicates`` end to end on two small photos, and its threshold picking on made-up scores."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pixdex.bench.duplicates import Pairs, pick_thresholds, run_photos
+from pixdex.packages import package_dir
+
+
+def test_thresholds_keep_a_margin_from_the_closest_different_photo() -> None:
+    pairs = Pairs(other_sim=[0.2, 0.77, 0.5], other_dist=[30, 34, 14],
+                  other_pairs=[(0.2, 30, "a", "b"), (0.77, 34, "a", "c"), (0.5, 14, "b", "c")])
+    picked = pick_thresholds(pairs, joint_max_distance=20)
+    assert picked.max_distance == 10          # nearest different hash 14, minus 4
+    assert picked.min_similarity == 0.81      # most similar different photo 0.77, plus 0.04
+    assert picked.joint_min_similarity == 0.54  # within 20 bits only (b, c) at 0.5, plus 0.04
+    # Look-alikes beyond 1 - margin cannot push a threshold past what a cosine can be.
+    assert pick_thresholds(Pairs(other_sim=[0.99], other_dist=[2], other_pairs=[(0.99, 2, "a", "b")]),
+                           20).joint_min_similarity == 1.0
+
+
+def test_the_benchmark_runs_the_pipeline_and_writes_its_section(tmp_path: Path) -> None:
+    skimage = package_dir("skimage")
+    if skimage is None:
+        pytest.skip("scikit-image (sample photos) is not installed")
+    photos = []
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        image = Image.open(skimage / "data" / name).convert("RGB")
+        image.thumbnail((160, 160))
+        photos.append(tmp_path / f"{Path(name).stem}.png")
+        image.save(photos[-1])
+    output = tmp_path / "quality.md"
+    output.write_text("# Model quality\n\n## Other section\n\nkept\n")
+    args = argparse.Namespace(photos=tmp_path, same_scene=[], output=output, photos_note="test", keep=None)
+    result = run_photos(photos, args)
+    assert result["photos"] == 3 and result["copies"] == 3 * 27
+    # Fused never does worse than the pHash baseline it includes, and these three photos look nothing alike.
+    recall = result["recall"]
+    assert recall["fused (configured)"] >= recall["pHash only, <= 8 bits (before)"]
+    assert recall["fused (configured)"] > 0.8
+    assert result["false_positives"]["fused (configured)"] == 0
+    text = output.read_text()
+    assert "## Other section\n\nkept" in text
+    assert "## Near duplicates and query by image (fused signals)" in text and "| fused (configured) |" in text
