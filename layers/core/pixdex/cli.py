@@ -29,7 +29,10 @@ DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "moto
 
 # Commands whose options live with their module (and whose imports are heavy): argv goes to them whole.
 DELEGATED = {"reindex": "pixdex.index.reindex", "models build": "pixdex.models.build",
-             "bench analyze": "pixdex.models.bench"}
+             "bench analyze": "pixdex.models.bench",
+             # Side-by-side and load benchmarks (issue 12): comparators come from the optional [bench] extra.
+             "bench compare-compress": "pixdex.bench.compare_compress", "bench vectors": "pixdex.bench.vectors",
+             "bench load": "pixdex.bench.load", "bench coldstart": "pixdex.bench.coldstart"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_query.add_arguments(bq)
     bq.set_defaults(func=bench_query.run)
     bench_sub.add_parser("analyze", help="model throughput on 12 MP photos")
+    bench_sub.add_parser("compare-compress", help="derivatives vs sharp, pyvips, Pillow at equal SSIM")
+    bench_sub.add_parser("vectors", help="embedded k-NN vs LanceDB and usearch: latency, recall, memory")
+    bench_sub.add_parser("load", help="concurrent clients and ingest against the real local stack")
+    bench_sub.add_parser("coldstart", help="cold start per function; analyze throughput vs its model costs")
     return p
 
 
