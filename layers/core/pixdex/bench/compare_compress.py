@@ -57,7 +57,7 @@ SHARP_DIR: Final = Path(__file__).resolve().parents[4] / "tools" / "bench-sharp"
 NAMES: Final = (dv.THUMBNAIL, dv.PREVIEW)
 
 
-class MissingComparator(RuntimeError):
+class MissingComparatorError(RuntimeError):
     """A comparison engine is not installed; the message says how to install it."""
 
 
@@ -126,7 +126,7 @@ def load_pyvips() -> ModuleType:
     try:
         module = importlib.import_module("pyvips")
     except (ImportError, OSError) as exc:
-        raise MissingComparator(
+        raise MissingComparatorError(
             f"pyvips is not usable ({exc}); install it with: .venv/bin/pip install -e '.[bench]'") from exc
     return module
 
@@ -173,10 +173,10 @@ class SharpEngine:
     def __init__(self, efforts: tuple[int, int], label: str, folder: Path, workdir: Path) -> None:
         node = shutil.which("node")
         if node is None:
-            raise MissingComparator("sharp needs node (>= 20.9) on PATH; install Node.js, then "
+            raise MissingComparatorError("sharp needs node (>= 20.9) on PATH; install Node.js, then "
                                     f"npm install --prefix {folder}")
         if not (folder / "node_modules" / "sharp").is_dir():
-            raise MissingComparator(f"sharp is not installed; run: npm install --prefix {folder}")
+            raise MissingComparatorError(f"sharp is not installed; run: npm install --prefix {folder}")
         self.efforts = efforts
         self.label = label
         self.workdir = workdir
@@ -282,7 +282,7 @@ def measure_job(job: Job, engines: Sequence[Engine], settings: DerivativeSetting
     for engine in engines:
         res = EngineResult(engine.label, engine.note)
         for index in range(2):
-            def measure(quality: int, index: int = index) -> tuple[float, int]:
+            def measure(quality: int, index: int = index, engine: Engine = engine) -> tuple[float, int]:
                 data = engine.encode(job, index, quality)
                 return score(index, data), len(data)
             res.hits.append(search_setting(measure, targets[index]))
@@ -306,7 +306,7 @@ def make_engines(names: Sequence[str], sharp_dir: Path, workdir: Path) -> list[E
     }
     unknown = [n for n in names if n not in factories]
     if unknown:
-        raise MissingComparator(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+        raise MissingComparatorError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     return [factories[n]() for n in names]
 
 
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
         with pinned(args.core) as pin:  # before the node workers start: they inherit the one core
             try:
                 engines = make_engines(names, args.sharp_dir, workdir)
-            except MissingComparator as exc:
+            except MissingComparatorError as exc:
                 print(f"pixdex bench compare-compress: {exc}", file=sys.stderr)
                 return 2
             try:
