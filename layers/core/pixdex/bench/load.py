@@ -296,11 +296,13 @@ def _kind_table(samples: Sequence[Sample]) -> list[str]:
 def render(r: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
     idle: list[Sample] = r["idle"]
     busy: list[Sample] = r["busy"]
-    li, lb = Latency.of([s.ms for s in idle]), Latency.of([s.ms for s in busy])
+    base: list[Sample] = r["base"]
+    li, lb = Latency.of([s.ms for s in base]), Latency.of([s.ms for s in busy])
     lines = [
         SECTION, "",
         f"`pixdex bench load --docs {args.docs} --clients {args.clients} --seconds {args.seconds} --photos "
-        f"{args.photos} --photo-size {args.photo_size}`, {machine}. The real local stack (`pixdex up`: moto, "
+        f"{args.photos} --photo-size {args.photo_size} --ingest-clients {args.ingest_clients}`, {machine}. "
+        "The real local stack (`pixdex up`: moto, "
         "pollers running the real handlers, the HTTP gateway) on 127.0.0.1; the clients run in the bench "
         f"process on the same {os.cpu_count()} cores, so they compete with the stack for CPU. "
         f"{args.docs:,} synthetic documents (the query benchmark's generator) were written through the index "
@@ -311,18 +313,20 @@ def render(r: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
         f"### While ingesting {args.photos:,} photos", "",
         f"{args.photos:,} JPEGs (variants of scikit-image's photos, long side {args.photo_size} px, "
         f"{r['photo_mb']:.1f} MB together) uploaded to the originals bucket by {args.upload_threads} threads "
-        f"while the {args.clients} clients kept searching. Uploads took {r['upload_s']:.1f} s; every document "
+        f"while {args.ingest_clients} clients kept searching. Uploads took {r['upload_s']:.1f} s; every document "
         f"had compress and analyze recorded after **{r['ingest_s']:.1f} s: {args.photos / r['ingest_s']:.1f} "
         f"photos/s** end to end. Searchable at the end: **{r['searchable']} / {args.photos}** "
         f"(GET /images/{{id}} with both stages and no error: {r['done']}; keyword search for the file's "
         f"unique word finds it: {r['found']}). Dead-lettered messages: {r['dlq']}.", "",
         f"Search during ingest: {len(busy)} requests, {len(busy) / r['busy_s']:.1f} requests/s, "
-        f"**{sum(not s.ok for s in busy)} errors**; latency vs idle: p50 {fmt_ratio(ratio(lb.p50, li.p50))}, "
+        f"**{sum(not s.ok for s in busy)} errors**; latency vs idle with the same {args.ingest_clients} clients "
+        f"({len(base)} requests over {args.seconds / 2:.0f} s, {sum(not s.ok for s in base)} errors; p50 "
+        f"{li.p50:.0f} ms, p95 {li.p95:.0f} ms, p99 {li.p99:.0f} ms): p50 {fmt_ratio(ratio(lb.p50, li.p50))}, "
         f"p95 {fmt_ratio(ratio(lb.p95, li.p95))}, p99 {fmt_ratio(ratio(lb.p99, li.p99))}; throughput "
-        f"{fmt_ratio(ratio(len(busy) / r['busy_s'], len(idle) / r['idle_s']))} of idle.", "",
+        f"{fmt_ratio(ratio(len(busy) / r['busy_s'], len(base) / r['base_s']))} of idle.", "",
         *_kind_table(busy), "",
     ]
-    errors = [s.error for s in idle + busy if not s.ok][:5]
+    errors = [s.error for s in idle + base + busy if not s.ok][:5]
     if errors:
         lines += ["First errors: " + "; ".join(f"`{e}`" for e in errors), ""]
     lines += ["Reproduce: `pixdex bench load` (defaults as above; `--clients`, `--seconds`, `--photos` to vary).",
@@ -339,7 +343,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (threads)")
     parser.add_argument("--seconds", type=float, default=30.0, help="idle phase length")
     parser.add_argument("--photos", type=int, default=1000, help="photos ingested while searching")
-    parser.add_argument("--photo-size", type=int, default=1024, help="long side of the ingested photos, px")
+    parser.add_argument("--ingest-clients", type=int, default=2,
+                        help="clients searching during the ingest (the local stack runs the query API and the "
+                             "pipeline in one process: more clients starve the pollers)")
+    parser.add_argument("--photo-size", type=int, default=640, help="long side of the ingested photos, px")
     parser.add_argument("--upload-threads", type=int, default=4)
     parser.add_argument("--ingest-timeout", type=float, default=1500.0, help="give up waiting after this")
     parser.add_argument("--seed", type=int, default=3)
@@ -375,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write:
         write_section(args.output, SECTION, section)
         print(f"updated {args.output}", file=sys.stderr)
-    errors = sum(not s.ok for s in result["idle"] + result["busy"])
+    errors = sum(not s.ok for s in result["idle"] + result["base"] + result["busy"])
     if errors or result["searchable"] != args.photos:
         print(f"FAILED: {errors} request errors, {result['searchable']} / {args.photos} photos searchable",
               file=sys.stderr)
@@ -394,7 +401,12 @@ def _measure(stack: Stack, ids: Sequence[str], photos: Sequence[tuple[str, bytes
         get(stack.api, path(0), timeout=120)
     end = time.monotonic() + args.seconds
     idle, idle_s = run_clients(stack.api, ids, args.clients, lambda: time.monotonic() >= end, args.seconds + 60)
-    print(f"idle: {len(idle)} requests, {sum(not s.ok for s in idle)} errors; ingest phase ...", file=sys.stderr)
+    print(f"idle: {len(idle)} requests, {sum(not s.ok for s in idle)} errors", file=sys.stderr)
+    # The baseline for the during-ingest ratio: as many clients as search during the ingest.
+    end = time.monotonic() + args.seconds / 2
+    base, base_s = run_clients(stack.api, ids, args.ingest_clients, lambda: time.monotonic() >= end,
+                               args.seconds + 60)
+    print(f"idle with {args.ingest_clients} clients: {len(base)} requests; ingest phase ...", file=sys.stderr)
     s3 = stack.client("s3")
     doc_ids = [document_id(stack.originals_bucket, key) for key, _ in photos]
     finished = threading.Event()
@@ -424,7 +436,7 @@ def _measure(stack: Stack, ids: Sequence[str], photos: Sequence[tuple[str, bytes
 
     worker = threading.Thread(target=ingest, daemon=True)
     worker.start()
-    busy, busy_s = run_clients(stack.api, ids, args.clients, finished.is_set, args.ingest_timeout + 120)
+    busy, busy_s = run_clients(stack.api, ids, args.ingest_clients, finished.is_set, args.ingest_timeout + 120)
     worker.join()
     print(f"ingest: {timing}; checking every photo ...", file=sys.stderr)
     done, problems = done_states(stack.api, doc_ids)
@@ -437,7 +449,8 @@ def _measure(stack: Stack, ids: Sequence[str], photos: Sequence[tuple[str, bytes
         searchable += hit and doc_id in done
     if problems:
         print("not done: " + "; ".join(problems), file=sys.stderr)
-    return {"idle": idle, "idle_s": idle_s, "busy": busy, "busy_s": busy_s, "done": len(done), "found": found,
+    return {"idle": idle, "idle_s": idle_s, "base": base, "base_s": base_s,
+            "busy": busy, "busy_s": busy_s, "done": len(done), "found": found,
             "searchable": searchable, "dlq": dead_letters(stack), "photo_mb": sum(len(b) for _, b in photos) / 1e6,
             **timing}
 
