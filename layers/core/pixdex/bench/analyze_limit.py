@@ -105,9 +105,11 @@ def run(args: argparse.Namespace) -> int:
     names = list(part_rounds[0])
     part_ms = {k: statistics.median(p[k] for p in part_rounds) / n * 1000 for k in names}
     total = sum(part_ms.values())
+    ran = [c for c in settings.enabled() if c != "clip" or analyzer.has_clip]
     lines = [SECTION, "",
              f"`pixdex bench analyze-limit --images {args.images} --batch {args.batch} --rounds {args.rounds}`, "
-             f"{machine}. Default capabilities ({', '.join(settings.enabled())}); onnxruntime on all cores. "
+             f"{machine}. Default capabilities ({', '.join(ran)}"
+             f"{'' if analyzer.has_clip else '; no CLIP pair installed'}); onnxruntime on all cores. "
              f"Median of {args.rounds} rounds per image; whole and parts alternate.", "",
              "| part | ms / image | share of the sum |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in part_ms.items()]
