@@ -368,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
                 results.append(measure(engine, f, queries, truth))
                 del engine
             fields[name] = results
+            if args.write:  # after each field, so a long run that is stopped still leaves what it measured
+                write_section(args.output, SECTION, render(fields, args, machine, args.docs, populate_s))
         index.close()
     section = render(fields, args, machine, args.docs, populate_s)
     print(section)
