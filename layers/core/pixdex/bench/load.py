@@ -329,6 +329,9 @@ def render(r: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
     errors = [s.error for s in idle + base + busy if not s.ok][:5]
     if errors:
         lines += ["First errors: " + "; ".join(f"`{e}`" for e in errors), ""]
+    if r.get("stack_errors"):
+        lines += ["What the stack logged about them (first distinct lines):", "", "```",
+                  *r["stack_errors"], "```", ""]
     lines += ["Reproduce: `pixdex bench load` (defaults as above; `--clients`, `--seconds`, `--photos` to vary).",
               ""]
     return "\n".join(lines)
@@ -376,6 +379,10 @@ def run(args: argparse.Namespace) -> int:
             result = _measure(stack, corpus.ids, photos, args)
         finally:
             stop_stack(stack)
+            # What the stack logged about failures: the report names the errors, not only their count.
+            result_log = [line.strip()[:400] for line in stack.log
+                          if any(w in line for w in ("Traceback", "Error", "error", "exception"))]
+        result["stack_errors"] = list(dict.fromkeys(result_log))[:8]
     result["populate_s"] = populate_s
     section = render(result, args, machine)
     print(section)
