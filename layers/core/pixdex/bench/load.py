@@ -332,8 +332,8 @@ def render(r: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
     if r.get("stack_errors"):
         lines += ["What the stack logged about them (first distinct lines):", "", "```",
                   *r["stack_errors"], "```", ""]
-    lines += ["Reproduce: `pixdex bench load` (defaults as above; `--clients`, `--seconds`, `--photos` to vary).",
-              ""]
+    lines += ["Reproduce: the command above (`pixdex bench load` alone: 10,000 documents, 8 clients for 30 s, "
+              "1,000 photos).", ""]
     return "\n".join(lines)
 
 
