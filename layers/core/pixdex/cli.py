@@ -30,7 +30,11 @@ DEMO_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "moto
 
 # Commands whose options live with their module (and whose imports are heavy): argv goes to them whole.
 DELEGATED = {"reindex": "pixdex.index.reindex", "models build": "pixdex.models.build",
-             "bench analyze": "pixdex.models.bench"}
+             "bench analyze": "pixdex.models.bench",
+             # Side-by-side and load benchmarks (issue 12): comparators come from the optional [bench] extra.
+             "bench compare-compress": "pixdex.bench.compare_compress", "bench vectors": "pixdex.bench.vectors",
+             "bench load": "pixdex.bench.load", "bench coldstart": "pixdex.bench.coldstart",
+             "bench analyze-limit": "pixdex.bench.analyze_limit"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "(docs/quality.md)")
     bench_duplicates.add_arguments(bd)
     bd.set_defaults(func=bench_duplicates.run)
+    bench_sub.add_parser("compare-compress", help="derivatives vs sharp, pyvips, Pillow at equal SSIM")
+    bench_sub.add_parser("vectors", help="embedded k-NN vs LanceDB and usearch: latency, recall, memory")
+    bench_sub.add_parser("load", help="concurrent clients and ingest against the real local stack")
+    bench_sub.add_parser("coldstart", help="cold start per function with the sample events")
+    bench_sub.add_parser("analyze-limit", help="analysis throughput vs the sum of its model costs")
     return p
 
 

@@ -72,6 +72,7 @@ class Corpus:
     ids: list[str]
     image_vectors: npt.NDArray[np.float32]
     formats: list[str]
+    caption_vectors: npt.NDArray[np.float32] | None = None
 
 
 def _unit(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -92,6 +93,7 @@ def populate(index: ImageIndex, n: int, seed: int = 7, batch: int = 1000) -> Cor
     ids: list[str] = []
     formats: list[str] = []
     image_vectors = np.empty((n, 1280), dtype=np.float32)
+    caption_vectors = np.empty((n, 384), dtype=np.float32)
     phash_groups = rng.integers(0, 2**63, size=max(n // 20, 1), dtype=np.int64)
     for start in range(0, n, batch):
         items = []
@@ -101,6 +103,7 @@ def populate(index: ImageIndex, n: int, seed: int = 7, batch: int = 1000) -> Cor
         img = _unit(centres_img[cluster] + 0.6 * rng.normal(size=(m, 1280)).astype(np.float32) / np.sqrt(1280))
         cap = _unit(centres_cap[cluster] + 0.6 * rng.normal(size=(m, 384)).astype(np.float32) / np.sqrt(384))
         image_vectors[start:start + m] = img
+        caption_vectors[start:start + m] = cap
         for j in range(m):
             i = start + j
             key = f"library/{i // 1000:04d}/IMG_{i:07d}.jpg"
@@ -134,7 +137,7 @@ def populate(index: ImageIndex, n: int, seed: int = 7, batch: int = 1000) -> Cor
         errors = [e for e in index.upsert_many(items) if e is not None]
         if errors:
             raise errors[0]
-    return Corpus(ids=ids, image_vectors=image_vectors, formats=formats)
+    return Corpus(ids=ids, image_vectors=image_vectors, formats=formats, caption_vectors=caption_vectors)
 
 
 def _near(group_hash: int, rng: np.random.Generator) -> str:

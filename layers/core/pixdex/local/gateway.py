@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -96,6 +97,10 @@ class Gateway(ThreadingHTTPServer):
         self.lambda_handler = handler
         # The web page, at the paths no API route takes (CloudFront serves it from the site bucket in AWS).
         self.site = site
+        # One invocation at a time, as in one Lambda container: the handler's resolver (powertools) keeps the
+        # current request on its module-level app, and concurrent calls from these threads mixed requests
+        # up (KeyError '_route' -> 500 under `pixdex bench load`). Connections are still accepted in parallel.
+        self.invoke_lock = threading.Lock()
         self.routes = [Route(m, p) for m, p in routes]
         self.function_name = function_name
         super().__init__((host, port), _RequestHandler)
@@ -140,7 +145,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             domain=headers.get("host", "127.0.0.1"),
         )
         try:
-            resp = self.server.lambda_handler(event, LocalContext(function_name=self.server.function_name))
+            with self.server.invoke_lock:
+                resp = self.server.lambda_handler(event, LocalContext(function_name=self.server.function_name))
         except Exception:
             log.exception("query handler raised")
             self._reply(500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
