@@ -168,6 +168,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"originals bucket {stack.originals_bucket}")
     print(f"derivatives bucket {stack.derivatives_bucket}")
     print(f"API {stack.api_url}", flush=True)
+    if stack.reconciled is not None:
+        print(stack.reconciled.line(), flush=True)
     try:
         if args.demo:
             files = demo_images()
