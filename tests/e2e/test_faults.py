@@ -154,13 +154,21 @@ def test_poller_killed_mid_batch_and_two_pollers(stack: RunningStack, workers: l
     while not any("polling" in line for line in first_out) and time.monotonic() < deadline:
         time.sleep(0.1)
     keys = _put_many(stack, "kill", 12, w=2400, h=1800, seed=40)
+
+    def holding() -> int:
+        """Messages the worker has received and not yet finished (0 between batches)."""
+        lines = list(first_out)
+        got = [int(x.split(" received ")[1].split()[0]) for x in lines if "compress received" in x]
+        done = sum("compress finished" in x for x in lines)
+        return sum(got[done:])
+
     deadline = time.monotonic() + 60
-    while not any("compress received" in line for line in first_out) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert any("compress received" in line for line in first_out), "".join(first_out)[-2000:]
+    while holding() == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    in_flight = holding()
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    received = next(line for line in first_out if "compress received" in line)
+    assert in_flight > 0, "".join(first_out)[-2000:]
     finished_before_kill = sum("compress finished" in line for line in first_out)
 
     # Restarted, and now two pollers per queue for compress and analyze (this process and the stack's own).
@@ -175,8 +183,9 @@ def test_poller_killed_mid_batch_and_two_pollers(stack: RunningStack, workers: l
                        if sum(1 for h in handled if h.get("key") == k and h.get("stage") == stage
                               and h.get("outcome") == "processed") > 1]
     fig = figures(stack, "poller SIGKILLed mid-batch, then two pollers", messages_in=2 * len(keys), keys=keys)
-    fig.extra.update({"killed holding": received.strip().rsplit(" ", 2)[-2], "batches done before kill":
-                      finished_before_kill, "worker outcomes": len(handled)})
+    fig.extra.update({"messages held by the killed poller": in_flight,
+                      "its batches finished before the kill": finished_before_kill,
+                      "outcomes logged by the restarted pollers": len(handled)})
     fig.duplicates += len(processed_twice)
     record(fig)
     assert fig.documents_out == len(keys) and fig.duplicates == 0 and _no_dead_letters(fig.dead_letters)
@@ -192,16 +201,19 @@ def test_restart_with_messages_queued(tmp_path: Path) -> None:
     finally:
         stop_stack(first)
     second = start_stack(data)
+    assert second.proc.stdout is not None
+    reconciled = second.proc.stdout.readline()  # printed right after the API line
     try:
         second.wait_for(lambda: _all_processed(second, keys), timeout=240, what="queued work done after restart")
         fig = figures(second, "stopped with 10 uploads queued", messages_in=2 * len(keys), keys=keys)
         fig.extra["settled before the stop"] = done_before_stop
+        fig.extra["on restart"] = reconciled.strip()
         record(fig)
         assert fig.documents_out == len(keys) and fig.duplicates == 0 and _no_dead_letters(fig.dead_letters)
     finally:
-        out = stop_stack(second)
+        stop_stack(second)
     # The second start found the 10 originals and queued what the first had not finished.
-    assert "reconciled 10 originals with" in out and "re-queued nothing" not in out
+    assert reconciled.startswith("reconciled 10 originals with") and "re-queued nothing" not in reconciled
 
 
 def test_disk_full_for_the_embedded_index(tmp_path: Path) -> None:

@@ -44,7 +44,13 @@ class StageRecordHandler:
             except PixdexError:
                 continue  # reported by __call__, which parses again
         flat = [ev for evs in parsed.values() for ev in evs]
-        results = iter(self.runtime.pipeline.analyze_many(flat))
+        try:
+            results = iter(self.runtime.pipeline.analyze_many(flat))
+        except PixdexError as exc:
+            # E.g. the index cannot even be opened: each record fails with this error (and an outage is
+            # requeued) instead of the whole invocation raising, which would spend every record's deliveries.
+            self._batch = {mid: [exc] * len(evs) for mid, evs in parsed.items()}
+            return
         self._batch = {mid: [next(results) for _ in evs] for mid, evs in parsed.items()}
 
     def forget_batch(self) -> None:
