@@ -60,7 +60,7 @@ def test_corpus_through_the_stack(stack: RunningStack, tmp_path: Path) -> None:
                 docs[entry["key"]] = doc
         return len(docs) == len(manifest)
 
-    stack.wait_for(all_settled, timeout=240, what="every corpus object processed or failed")
+    stack.wait_for(all_settled, timeout=420, what="every corpus object processed or failed")
 
     def derivative(key: str) -> bytes:
         return s3.get_object(Bucket=stack.derivatives_bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]

@@ -153,7 +153,11 @@ def test_poller_killed_mid_batch_and_two_pollers(stack: RunningStack, workers: l
     deadline = time.monotonic() + 60
     while not any("polling" in line for line in first_out) and time.monotonic() < deadline:
         time.sleep(0.1)
-    keys = _put_many(stack, "kill", 12, w=2400, h=1800, seed=40)
+    keys = [f"kill/{i}.jpg" for i in range(16)]
+    # Uploaded from a thread, so the worker (which competes with the stack's own poller) can be caught
+    # holding a batch whichever message it gets.
+    uploader = threading.Thread(target=_put_many, args=(stack, "kill", 16, 2000, 1500, 40), daemon=True)
+    uploader.start()
 
     def holding() -> int:
         """Messages the worker has received and not yet finished (0 between batches)."""
@@ -162,13 +166,14 @@ def test_poller_killed_mid_batch_and_two_pollers(stack: RunningStack, workers: l
         done = sum("compress finished" in x for x in lines)
         return sum(got[done:])
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while holding() == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
     in_flight = holding()
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     assert in_flight > 0, "".join(first_out)[-2000:]
+    uploader.join(timeout=120)
     finished_before_kill = sum("compress finished" in line for line in first_out)
 
     # Restarted, and now two pollers per queue for compress and analyze (this process and the stack's own).
