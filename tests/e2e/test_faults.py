@@ -211,8 +211,9 @@ def test_restart_with_messages_queued(tmp_path: Path) -> None:
         if first.proc.poll() is None:
             stop_stack(first)
     second = start_stack(data)
-    assert second.proc.stdout is not None
-    reconciled = second.proc.stdout.readline()  # printed right after the API line
+    # Printed right after the API line.
+    reconciled = second.wait_for(lambda: next((x for x in second.output if x.startswith("reconciled")), None),
+                                 timeout=30, what="the reconcile line")
     try:
         second.wait_for(lambda: _all_processed(second, keys), timeout=240, what="queued work done after restart")
         fig = figures(second, "stopped with 8 uploads queued", messages_in=2 * len(keys), keys=keys)
