@@ -19,9 +19,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from pixdex.errors import PixdexError
 from pixdex.local.functions import load_handler
 from pixdex.local.gateway import Gateway
 from pixdex.local.poller import QueuePoller
+from pixdex.local.reconcile import ReconcileReport
 from pixdex.local.template import StackSpec, read_stack
 from pixdex.settings import Settings
 from pixdex.storage import FolderStore
@@ -173,7 +175,7 @@ class LocalStack:
         self.gateway: Gateway | None = None
         self.queue_urls: dict[str, str] = {}
         self._mirror: ObjectMirror | None = None
-        self.reconciled: Any = None
+        self.reconciled: ReconcileReport | None = None
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -280,14 +282,19 @@ class LocalStack:
         from pixdex.local.reconcile import reconcile
 
         queues = {fn.name: self.queue_urls[fn.queue] for fn in self.spec.functions.values() if fn.queue}
-        index = open_index(self.settings())
         try:
-            report = reconcile(s3, sqs, index, bucket=self.originals_bucket, queues=queues,
-                               written_at=lambda key: mirror.written_at(self.originals_bucket, key))
-        finally:
-            index.close()
-        self.reconciled = report
-        log.warning("%s", report.line())
+            index = open_index(self.settings())
+            try:
+                self.reconciled = reconcile(s3, sqs, index, bucket=self.originals_bucket, queues=queues,
+                                            written_at=lambda key: mirror.written_at(self.originals_bucket, key))
+            finally:
+                index.close()
+        except PixdexError as exc:
+            # An index that is down at start must not keep the stack down: new uploads are requeued until
+            # it is back, and the next start reconciles.
+            log.warning("start-up reconciliation skipped: %s", exc.message)
+            return
+        log.info("%s", self.reconciled.line())
 
     def _provision(self, s3: S3Client, sqs: SQSClient, events: Any, mirror: ObjectMirror) -> None:
         for lid, bucket in self.spec.buckets.items():
