@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ class RunningStack:
     derivatives_bucket: str
     data_dir: Path
     proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+    drain: threading.Thread | None = None
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.aws_endpoint, region_name="us-east-1",
@@ -75,19 +78,32 @@ def start_stack(data_dir: Path, *extra: str, env_extra: dict[str, str] | None = 
             if line.startswith(prefix):
                 lines[prefix.strip()] = line[len(prefix):].strip()
     assert "API" in lines, "pixdex up did not print its API line"
-    return RunningStack(api=lines["API"], aws_endpoint=lines["AWS endpoint"],
-                        originals_bucket=lines["originals bucket"],
-                        derivatives_bucket=lines["derivatives bucket"], data_dir=data_dir, proc=proc)
+    running = RunningStack(api=lines["API"], aws_endpoint=lines["AWS endpoint"],
+                           originals_bucket=lines["originals bucket"],
+                           derivatives_bucket=lines["derivatives bucket"], data_dir=data_dir, proc=proc)
+    # The stack logs every failed object to stdout: an undrained pipe fills (64 KB) and blocks its threads.
+    running.output = []
+    running.drain = threading.Thread(target=_drain, args=(proc, running.output), daemon=True)
+    running.drain.start()
+    return running
+
+
+def _drain(proc: subprocess.Popen[str], into: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.append(line)
 
 
 def stop_stack(stack: RunningStack) -> str:
     stack.proc.send_signal(signal.SIGINT)
     try:
-        out, _ = stack.proc.communicate(timeout=30)
+        stack.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         stack.proc.kill()
-        out, _ = stack.proc.communicate()
-    return out
+        stack.proc.wait()
+    if stack.drain is not None:
+        stack.drain.join(timeout=10)
+    return "".join(stack.output)
 
 
 @pytest.fixture

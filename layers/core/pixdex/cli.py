@@ -200,6 +200,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"originals bucket {stack.originals_bucket}")
     print(f"derivatives bucket {stack.derivatives_bucket}")
     print(f"API {stack.api_url}", flush=True)
+    if stack.reconciled is not None:
+        print(stack.reconciled.line(), flush=True)
     try:
         if args.demo:
             files = demo_images()
@@ -351,13 +353,15 @@ def _ingest_in_process(args: argparse.Namespace, items: list[tuple[Path, str]]) 
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         etag = store.put(settings.originals_bucket, key, path.read_bytes(), content_type=ctype)
         event = ObjectEvent(kind="created", bucket=settings.originals_bucket, key=key, etag=etag)
+        failed = False
+        # Both stages run, as in the stack, so the document records each stage's reason.
         for stage in ("compress", "analyze"):
             try:
                 pipeline.handle(stage, event)
             except PixdexError as exc:
-                failures += 1
+                failed = True
                 print(f"\n{key}: {stage} failed: {exc.code}: {exc.message}", file=sys.stderr)
-                break
+        failures += failed
         _progress(i + 1, len(items), "ingest")
     print(f"{len(items) - failures} of {len(items)} images indexed in {settings.index_url}")
     return 0 if failures == 0 else 1

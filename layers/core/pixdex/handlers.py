@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from pixdex import requeue
 from pixdex.errors import BackendUnavailableError, IndexMappingError, PixdexError
 from pixdex.events import ObjectEvent, parse_message
 from pixdex.pipeline import Outcome
@@ -43,7 +44,13 @@ class StageRecordHandler:
             except PixdexError:
                 continue  # reported by __call__, which parses again
         flat = [ev for evs in parsed.values() for ev in evs]
-        results = iter(self.runtime.pipeline.analyze_many(flat))
+        try:
+            results = iter(self.runtime.pipeline.analyze_many(flat))
+        except PixdexError as exc:
+            # E.g. the index cannot even be opened: each record fails with this error (and an outage is
+            # requeued) instead of the whole invocation raising, which would spend every record's deliveries.
+            self._batch = {mid: [exc] * len(evs) for mid, evs in parsed.items()}
+            return
         self._batch = {mid: [next(results) for _ in evs] for mid, evs in parsed.items()}
 
     def forget_batch(self) -> None:
@@ -64,6 +71,8 @@ class StageRecordHandler:
                     raise result
             except PixdexError as exc:
                 self._failed(exc, record.message_id, uri)
+                if exc.retryable and self._requeued(record):
+                    return  # the whole message comes back later; its other events are idempotent
                 raise
             self.logger.info(
                 "object handled",
@@ -71,6 +80,21 @@ class StageRecordHandler:
                 receive_count=record.attributes.approximate_receive_count,
             )
             self.metrics.add_metric(name=f"Outcome_{result.value}", unit=MetricUnit.Count, value=1)
+
+    def _requeued(self, record: SQSRecord) -> bool:
+        """Put the message back for an outage without spending a delivery (see pixdex.requeue)."""
+        attempt = requeue.outage_retries(record) + 1
+        if attempt > requeue.MAX_OUTAGE_RETRIES:
+            return False
+        delay = requeue.outage_delay(attempt)
+        try:
+            self.runtime.requeuer.requeue(record, attempt=attempt, delay_seconds=delay)
+        except Exception as exc:  # the queue itself is unreachable: the normal retry path takes over
+            self.logger.warning("requeue failed", message_id=record.message_id, error=str(exc))
+            return False
+        self.logger.info("requeued for an outage", message_id=record.message_id, attempt=attempt, delay_s=delay)
+        self.metrics.add_metric(name="OutageRequeued", unit=MetricUnit.Count, value=1)
+        return True
 
     def _failed(self, exc: PixdexError, message_id: str, uri: str | None) -> None:
         self.logger.warning(

@@ -14,6 +14,7 @@ from pixdex.index.base import ImageIndex
 from pixdex.jobs import BatchJobs, JobSubmitter
 from pixdex.pipeline import Pipeline
 from pixdex.query import QueryEmbedder
+from pixdex.requeue import Requeuer, SqsRequeuer
 from pixdex.settings import Settings
 from pixdex.storage import ObjectStore, s3_store
 
@@ -26,7 +27,7 @@ _UNSET = object()
 class Runtime:
     def __init__(self, settings: Settings, *, store: ObjectStore | None = None,
                  index: ImageIndex | None = None, embedder: QueryEmbedder | object | None = _UNSET,
-                 route_heavy: bool = True) -> None:
+                 route_heavy: bool = True, requeuer: Requeuer | None = None) -> None:
         self.settings = settings
         # The GPU task builds its runtime with route_heavy=False: it is where heavy work goes.
         self.route_heavy = route_heavy
@@ -35,6 +36,7 @@ class Runtime:
         self._embedder = embedder
         self._analyzer: ImageAnalyzer | object | None = _UNSET
         self._pipeline: Pipeline | None = None
+        self._requeuer = requeuer
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Runtime:
@@ -78,6 +80,16 @@ class Runtime:
                                       jobs=self._jobs())
         return self._pipeline
 
+
+    @property
+    def requeuer(self) -> Requeuer:
+        """Puts a message back on its queue during an outage (built on the first outage)."""
+        if self._requeuer is None:
+            import boto3
+
+            self._requeuer = SqsRequeuer(boto3.client("sqs", region_name=self.settings.aws_region,
+                                                      endpoint_url=self.settings.aws_endpoint_url))
+        return self._requeuer
 
     def _jobs(self) -> JobSubmitter | None:
         s = self.settings

@@ -216,13 +216,19 @@ class S3Store:
 
 
 class FolderStore:
-    """Objects as files: <root>/<bucket>/<url-quoted key>, content type beside it in <file>.meta.json."""
+    """Objects as files: <root>/<bucket>/<url-quoted key>, content type beside it in <file>.meta.json.
+
+    S3 keys reach 1024 bytes of UTF-8 and quoting triples non-ASCII ones, but a file name holds 255 bytes:
+    a key whose quoted name is longer is stored under ``%%<sha256 of the key>`` with the key in its meta file."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _path(self, bucket: str, key: str) -> Path:
-        return self.root / bucket / quote(key, safe="")
+        name = quote(key, safe="")
+        if len(name) > _MAX_QUOTED_NAME:
+            name = _HASHED_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+        return self.root / bucket / name
 
     def head(self, bucket: str, key: str) -> ObjectHead | None:
         path = self._path(bucket, key)
@@ -251,7 +257,10 @@ class FolderStore:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
-        path.with_name(path.name + ".meta.json").write_text(json.dumps({"content_type": content_type}))
+        meta: dict[str, str] = {"content_type": content_type}
+        if path.name.startswith(_HASHED_PREFIX):
+            meta["key"] = key
+        path.with_name(path.name + ".meta.json").write_text(json.dumps(meta))
         return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def delete(self, bucket: str, key: str) -> None:
@@ -263,8 +272,15 @@ class FolderStore:
         folder = self.root / bucket
         if not folder.is_dir():
             return []
-        names = (unquote(f.name) for f in folder.iterdir() if not f.name.endswith((".meta.json", ".tmp")))
-        return sorted(k for k in names if k.startswith(prefix))
+        names = (self._key_of(f) for f in folder.iterdir() if not f.name.endswith((".meta.json", ".tmp")))
+        return sorted(k for k in names if k is not None and k.startswith(prefix))
+
+    @staticmethod
+    def _key_of(path: Path) -> str | None:
+        if not path.name.startswith(_HASHED_PREFIX):
+            return unquote(path.name)
+        key = _read_meta(path).get("key")
+        return key if isinstance(key, str) else None
 
     def delete_prefix(self, bucket: str, prefix: str) -> int:
         doomed = self.list_keys(bucket, prefix)
@@ -278,6 +294,11 @@ class FolderStore:
     def presigned_post(self, bucket: str, key: str, *, content_type: str, max_bytes: int,
                        ttl_seconds: int) -> dict[str, Any]:
         raise NotImplementedError("a folder store takes files directly: use `pixdex ingest --in-process`")
+
+
+# quote() writes "%" only before two hex digits, so a name starting "%%" can never be a quoted key.
+_HASHED_PREFIX = "%%"
+_MAX_QUOTED_NAME = 200
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ log = logging.getLogger("pixdex.local.poller")
 
 class QueuePoller(threading.Thread):
     def __init__(self, *, name: str, sqs: SQSClient, queue_url: str, queue_arn: str, handler: Handler,
-                 batch_size: int, region: str, stop: threading.Event, retry_delay_seconds: int = 1) -> None:
+                 batch_size: int, region: str, stop: threading.Event, retry_delay_seconds: int = 1,
+                 visibility_timeout: int | None = None) -> None:
         super().__init__(name=f"poller-{name}", daemon=True)
         self.function_name = name
         self.sqs = sqs
@@ -35,6 +36,8 @@ class QueuePoller(threading.Thread):
         # Locally a failed item comes back after a short, growing delay instead of the full visibility
         # timeout, so retries and dead-lettering take seconds.
         self.retry_delay_seconds = retry_delay_seconds
+        # None: the queue's own visibility timeout, as Lambda uses it.
+        self.visibility_timeout = visibility_timeout
         self.idle = threading.Event()
 
     def run(self) -> None:
@@ -46,18 +49,23 @@ class QueuePoller(threading.Thread):
                 self.stop_event.wait(1)
 
     def poll_once(self, wait_seconds: int = 0) -> int:
+        extra: dict[str, Any] = {}
+        if self.visibility_timeout is not None:
+            extra["VisibilityTimeout"] = self.visibility_timeout
         resp = self.sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.batch_size,
             WaitTimeSeconds=wait_seconds,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
+            **extra,
         )
         messages = resp.get("Messages", [])
         if not messages:
             self.idle.set()
             return 0
         self.idle.clear()
+        log.info("%s received %d messages", self.function_name, len(messages))
         event = {"Records": [self._record(m) for m in messages]}
         failed: set[str]
         try:
@@ -79,6 +87,7 @@ class QueuePoller(threading.Thread):
                     QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"],
                     VisibilityTimeout=self.retry_delay_seconds * count,
                 )
+        log.info("%s finished %d messages (%d failed)", self.function_name, len(messages), len(failed))
         return len(messages)
 
     def _record(self, m: Any) -> dict[str, Any]:
@@ -87,9 +96,24 @@ class QueuePoller(threading.Thread):
             "receiptHandle": m["ReceiptHandle"],
             "body": m["Body"],
             "attributes": m.get("Attributes", {}),
-            "messageAttributes": m.get("MessageAttributes", {}),
+            "messageAttributes": _lambda_attributes(m.get("MessageAttributes", {})),
             "md5OfBody": m.get("MD5OfBody") or hashlib.md5(m["Body"].encode(), usedforsecurity=False).hexdigest(),
             "eventSource": "aws:sqs",
             "eventSourceARN": self.queue_arn,
             "awsRegion": self.region,
         }
+
+
+def _lambda_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """ReceiveMessage's attribute shape ({"StringValue", "DataType"}) as Lambda's SQS event carries it
+    ({"stringValue", "dataType", ...})."""
+    out: dict[str, Any] = {}
+    for name, a in attrs.items():
+        out[name] = {
+            "stringValue": a.get("StringValue"),
+            "binaryValue": a.get("BinaryValue"),
+            "stringListValues": a.get("StringListValues", []),
+            "binaryListValues": a.get("BinaryListValues", []),
+            "dataType": a.get("DataType"),
+        }
+    return out

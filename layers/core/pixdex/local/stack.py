@@ -20,9 +20,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from pixdex import constants as env_names
+from pixdex.errors import PixdexError
 from pixdex.local.functions import load_handler
 from pixdex.local.gateway import Gateway
 from pixdex.local.poller import QueuePoller
+from pixdex.local.reconcile import ReconcileReport
 from pixdex.local.template import StackSpec, read_stack
 from pixdex.settings import Settings
 from pixdex.site import StaticSite
@@ -137,6 +139,25 @@ class ObjectMirror:
                                ContentType=head.content_type or "binary/octet-stream")
         return len(keys)
 
+    def written_at(self, bucket: str, key: str) -> str | None:
+        head = self.files.head(bucket, key)
+        return head.last_modified if head is not None else None
+
+    def sync(self, bucket: str) -> None:
+        """Make data/s3 equal to the bucket: write what is missing or different, delete what is gone."""
+        live: dict[str, str] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                live[obj["Key"]] = obj.get("ETag", "").strip('"')
+        for key in set(self.files.list_keys(bucket)) - set(live):
+            self.files.delete(bucket, key)
+        for key, etag in live.items():
+            head = self.files.head(bucket, key)
+            if head is None or head.etag != etag:
+                got = self.s3.get_object(Bucket=bucket, Key=key)
+                self.files.put(bucket, key, got["Body"].read(),
+                               content_type=got.get("ContentType") or "binary/octet-stream")
+
     def apply(self, body: str) -> None:
         event = json.loads(body)
         detail = event.get("detail") or {}
@@ -169,6 +190,8 @@ class LocalStack:
         self.pollers: dict[str, QueuePoller] = {}
         self.gateway: Gateway | None = None
         self.queue_urls: dict[str, str] = {}
+        self._mirror: ObjectMirror | None = None
+        self.reconciled: ReconcileReport | None = None
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -230,7 +253,9 @@ class LocalStack:
         os.environ.update(self.environment())
         s3, sqs, events = self.client("s3"), self.client("sqs"), self.client("events")
         mirror = ObjectMirror(self.data_dir / "s3", s3)
+        self._mirror = mirror
         self._provision(s3, sqs, events, mirror)
+        self._reconcile(s3, sqs, mirror)
         for name, fn in self.spec.functions.items():
             if fn.queue is None:
                 continue
@@ -259,7 +284,34 @@ class LocalStack:
             self.gateway.server_close()
         for t in self.threads:
             t.join(timeout=10)
+        if self._mirror is not None:
+            # Events still waiting in the mirror queue die with moto: copy what they describe now.
+            for bucket in self.spec.buckets.values():
+                try:
+                    self._mirror.sync(bucket)
+                except Exception:
+                    log.exception("final mirror sync of %s failed", bucket)
         self.moto.stop()
+
+    def _reconcile(self, s3: S3Client, sqs: SQSClient, mirror: ObjectMirror) -> None:
+        """Re-derive the work that was queued when the stack last stopped (see pixdex.local.reconcile)."""
+        from pixdex.index import open_index
+        from pixdex.local.reconcile import reconcile
+
+        queues = {fn.name: self.queue_urls[fn.queue] for fn in self.spec.functions.values() if fn.queue}
+        try:
+            index = open_index(self.settings())
+            try:
+                self.reconciled = reconcile(s3, sqs, index, bucket=self.originals_bucket, queues=queues,
+                                            written_at=lambda key: mirror.written_at(self.originals_bucket, key))
+            finally:
+                index.close()
+        except PixdexError as exc:
+            # An index that is down at start must not keep the stack down: new uploads are requeued until
+            # it is back, and the next start reconciles.
+            log.warning("start-up reconciliation skipped: %s", exc.message)
+            return
+        log.info("%s", self.reconciled.line())
 
     def _provision(self, s3: S3Client, sqs: SQSClient, events: Any, mirror: ObjectMirror) -> None:
         for lid, bucket in self.spec.buckets.items():
