@@ -188,8 +188,9 @@ class SearchService:
         self.embedder = embedder
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
-        """Keyword (BM25), semantic (query text embedded beside the documents' vectors) or hybrid (both,
-        fused by reciprocal rank). Without text it is a filtered listing whatever the mode."""
+        """Keyword (BM25; every word, else any meaningful word), semantic (query text embedded beside the
+        documents' vectors) or hybrid (both, fused by reciprocal rank). Without text it is a filtered listing
+        whatever the mode."""
         text = request.text
         if text is None or request.mode == "keyword" or self.embedder is None:
             mode: SearchMode = "keyword" if text else request.mode
