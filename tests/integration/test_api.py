@@ -121,6 +121,33 @@ def test_tenants_are_isolated(api: Api) -> None:
     assert api("GET", "/stats", claims={"custom:tenant": "bob"})[1]["images"] == 1
 
 
+def test_keyword_search_falls_back_to_any_word_only_when_no_image_has_them_all(api: Api) -> None:
+    index = api.runtime.index
+    docs = [_doc("trips/red-car.jpg", tenant="alice"), _doc("trips/red-boat.jpg", tenant="alice"),
+            _doc("trips/blue-car-park.jpg", tenant="alice"), _doc("trips/the-car.jpg", tenant="bob")]
+    for doc_id, fields in docs:
+        index.upsert(doc_id, fields)
+    ids = {fields["key"]: doc_id for doc_id, fields in docs}
+
+    def search(q: str, **extra: str) -> dict[str, Any]:
+        status, body = api("GET", "/search", {"q": q, "mode": "keyword", **extra}, claims=ALICE)
+        assert status == 200, body
+        return body
+
+    exact = search("red car ")  # both words in one image: only that image, as before
+    assert [h["id"] for h in exact["hits"]] == [ids["trips/red-car.jpg"]] and exact["match"] == "all"
+    loose = search("a red car in the car park ")
+    assert loose["match"] == "any" and loose["total"] == 3  # bob's image never appears
+    assert loose["hits"][0]["id"] == ids["trips/blue-car-park.jpg"]  # car twice + park
+    assert search("the of a ")["hits"] == []  # stop words alone match nothing
+    # Pages of a fallback search stay fallback pages.
+    first = search("a red car in the car park ", size="2")
+    assert first["match"] == "any" and first["next_cursor"]
+    rest = search("a red car in the car park ", size="2", cursor=first["next_cursor"])
+    assert rest["match"] == "any"
+    assert [h["id"] for h in first["hits"] + rest["hits"]] == [h["id"] for h in loose["hits"]]
+
+
 def test_duplicates_exact_and_near(api: Api) -> None:
     index = api.runtime.index
     docs = {

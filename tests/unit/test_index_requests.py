@@ -122,6 +122,11 @@ def built_requests() -> list[tuple[str, rq.Request]]:
     fresh = rq.search_body(query={"bool": {"must": [rq.text_query("kitten")], "filter": [rq.ids_query(["p1"])]}},
                            sort=None, size=1, source=False, pit=("cGl0", "2m"))
     out.append(("boundary score", rq.search(ALIAS, fresh)))
+    any_word = rq.text_query("a chinese temple on the hil", "any")
+    assert any_word is not None
+    out.append(("any word", rq.search(ALIAS, rq.search_body(
+        query=rq.bool_query(FILTERS[-1], must=[any_word]), sort=rq.sort_clause("relevance", by_score=True),
+        size=20, with_highlight=True, track_scores=True, aggs=rq.facet_aggs(FACET_NAMES, 10)))))
     out.append(("fetch by ids", rq.search(ALIAS, rq.search_body(query=rq.ids_query(["a", "b"]), sort=None, size=2))))
     return out
 
@@ -210,6 +215,20 @@ def test_every_word_must_match_in_some_field() -> None:
     started = last["bool"]["should"][1]["multi_match"]
     assert started["type"] == "phrase_prefix" and all(f.split("^")[0].endswith(".std") for f in started["fields"])
     assert rq.text_query("'\"") is None
+
+
+def test_any_word_ors_the_words_that_are_not_stop_words() -> None:
+    query = rq.text_query("A temple on the hil", "any")
+    assert query is not None
+    clauses = query["bool"]["should"]
+    assert query["bool"]["minimum_should_match"] == 1 and "must" not in query["bool"]
+    assert clauses[0]["multi_match"]["query"] == "temple"
+    # The last word is still being typed: it matches as a prefix too.
+    assert clauses[1]["bool"]["should"][0]["multi_match"]["query"] == "hil"
+    assert clauses[1]["bool"]["should"][1]["multi_match"]["type"] == "phrase_prefix"
+    assert len(clauses) == 2
+    assert rq.text_query("the of a", "any") is None
+    assert rq.text_query("the of a", "all") is not None
 
 
 # -- filters -----------------------------------------------------------------------------------------

@@ -29,6 +29,19 @@ def test_match_expression(text: str, expected: str | None) -> None:
     assert fts_match_expression(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a chinese temple", '"chinese" OR ("temple" OR "temple"*)'),
+        ("The cat of the ", '"cat"'),
+        ("NOT sunset AND", '"sunset"'),  # stop words in any case; FTS5's operators are words here anyway
+        ("the of a", None),
+    ],
+)
+def test_any_word_expression(text: str, expected: str | None) -> None:
+    assert fts_match_expression(text, match="any") == expected
+
+
 def test_token_count_is_bounded() -> None:
     expression = fts_match_expression(" ".join(f"w{i}" for i in range(100)))
     assert expression is not None

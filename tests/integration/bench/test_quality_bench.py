@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from pixdex.bench.evalset import EvalPhoto, EvalSetMissingError, eval_photos
-from pixdex.bench.quality import BUCKET, evaluate, render, summarise
+from pixdex.bench.quality import BUCKET, evaluate, fused_rank, render, render_fusion, summarise
 from pixdex.document import document_id
 from pixdex.index import open_index
 from pixdex.models.analysis import ImageAnalyzer, ModelSettings
+from pixdex.query import HYBRID_PARTIAL_WEIGHT, RRF_K
 from pixdex.settings import Settings
 
 # chelsea (cat), coffee, page (printed text), rocket: four photos, one description each that OCR or the
@@ -57,8 +58,15 @@ def test_bench_ranks_match_the_index_and_the_report(tiny_set: list[EvalPhoto], t
             scores = matrix @ analyzer.embed_query(description)["caption_vector"]
             expected = 1 + int(np.sum(scores > scores[keys.index(photo.key)] + 1e-4))
             assert by[(description, "semantic")].rank == expected, description
-    # Keyword search for words no caption, label or OCR text holds finds nothing: a miss, not a rank.
-    assert by[("a rocket on the launch pad at night", "keyword")].rank is None
+    # No image holds every word of the rocket's description: keyword search falls back to any word, and
+    # the word "rocket" is one of that photo's labels.
+    assert by[("a rocket on the launch pad at night", "keyword")].rank == 1
+    # The fusion section scores hybrid from the same rankings the handler fused.
+    fusion = render_fusion(extra["legs"], "v2", "pixdex bench quality")
+    hybrid = {r.description: r.rank for r in results if r.mode == "hybrid"}
+    for leg, description in zip(extra["legs"], [d for p in tiny_set for d in p.descriptions], strict=True):
+        assert fused_rank(leg, k=RRF_K, partial=HYBRID_PARTIAL_WEIGHT, scaled=True) == hybrid[description]
+    assert fusion.startswith("## Hybrid fusion on the evaluation photos") and "(shipped)" in fusion
 
     table = summarise(results)
     ranks = [r.rank for r in results if r.mode == "semantic"]

@@ -372,6 +372,47 @@ def test_all_words_must_match(index: ImageIndex) -> None:
     assert index.search(SearchQuery(text="sunset volcano")).total == 0
 
 
+def test_any_word_match_ranks_documents_with_more_words_first(index: ImageIndex) -> None:
+    load(index, TEXT_DOCS)
+    result = index.search(SearchQuery(text="sunset over a bay with a volcano", match="any", size=10))
+    ids = iter_ids(result.hits)
+    # "over" is no stop word: "named" holds three of the words, the others one; "other" holds none.
+    assert ids[0] == "named" and set(ids) == {"named", "labelled", "ocr", "exif"}
+    assert result.total == 4
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert iter_ids(index.search(SearchQuery(text="volcano crater", match="any")).hits) == []
+
+
+def test_stop_words_match_nothing_with_any_word(index: ImageIndex) -> None:
+    load(index, TEXT_DOCS)
+    # "the" occurs in two documents and "on a" in one; none of them is a meaningful word.
+    assert index.search(SearchQuery(text="The of a on ", match="any")).total == 0
+    assert iter_ids(index.search(SearchQuery(text="the hikers", match="any")).hits) == ["other"]
+    # Matching all words keeps them: every word, stop word or not, must occur.
+    assert iter_ids(index.search(SearchQuery(text="the bay", match="all")).hits) == ["named"]
+
+
+def test_any_word_paging_covers_every_match_once(index: ImageIndex) -> None:
+    load(index, TEXT_DOCS)
+    everything = iter_ids(index.search(SearchQuery(text="sunset hikers bay ", match="any", size=100)).hits)
+    assert len(everything) == 5
+    paged: list[str] = []
+    cursor = None
+    while True:
+        page = index.search(SearchQuery(text="sunset hikers bay ", match="any", size=2, cursor=cursor))
+        paged += iter_ids(page.hits)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert paged == everything
+    # A cursor belongs to its way of matching too.
+    first = index.search(SearchQuery(text="sunset hikers bay ", match="any", size=2))
+    assert first.next_cursor is not None
+    with pytest.raises(InvalidRequestError):
+        index.search(SearchQuery(text="sunset hikers bay ", size=2, cursor=first.next_cursor))
+
+
 def test_keyword_search_is_case_insensitive(index: ImageIndex) -> None:
     load(index, TEXT_DOCS)
     assert iter_ids(index.search(SearchQuery(text="MOUNTAIN")).hits) == ["other"]

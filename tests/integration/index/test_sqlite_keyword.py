@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pixdex.index import postings as postings_module
-from pixdex.index.base import Filters, SearchQuery, iter_ids
+from pixdex.index.base import Filters, SearchQuery, TextMatch, iter_ids
 from pixdex.index.sqlite import _SCORE, SqliteIndex, fts_match_expression
 
 WORDS = (
@@ -57,11 +57,23 @@ QUERIES = [
     "cat zebra",
     "tree trees",
 ]
+# Descriptions as people type them: stop words among the words, a word no document has, a prefix.
+ANY_QUERIES = [
+    "a cat on the beach",
+    "the whale",
+    "zebra dog",
+    "cat dog runn",
+    "coffee menu receipt ",
+    "of the",
+    "2024 sunset naive",
+]
 
 
-def fts5_ranking(path: Path, text: str, filters: Filters | None = None) -> list[tuple[str, float]]:
+def fts5_ranking(
+    path: Path, text: str, filters: Filters | None = None, match_words: TextMatch = "all"
+) -> list[tuple[str, float]]:
     """What FTS5 itself returns for the query: (id, -bm25) by score desc, id asc."""
-    match = fts_match_expression(text)
+    match = fts_match_expression(text, match=match_words)
     if match is None:
         return []
     tenant = "" if filters is None or filters.tenant is None else " AND d.tenant = ?"
@@ -78,9 +90,11 @@ def fts5_ranking(path: Path, text: str, filters: Filters | None = None) -> list[
     return [(str(i), float(s)) for i, s in rows]
 
 
-def assert_same_as_fts5(ix: SqliteIndex, path: Path, text: str, filters: Filters | None = None) -> None:
-    expected = fts5_ranking(path, text, filters)
-    result = ix.search(SearchQuery(text=text, size=1000, filters=filters or Filters()))
+def assert_same_as_fts5(
+    ix: SqliteIndex, path: Path, text: str, filters: Filters | None = None, match: TextMatch = "all"
+) -> None:
+    expected = fts5_ranking(path, text, filters, match)
+    result = ix.search(SearchQuery(text=text, size=1000, filters=filters or Filters(), match=match))
     got = [(h.id, h.score) for h in result.hits]
     assert [i for i, _ in got] == [i for i, _ in expected], text
     np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-12, atol=1e-15)
@@ -93,6 +107,21 @@ def test_results_and_scores_are_fts5s(ix: SqliteIndex, path: Path) -> None:
     for text in QUERIES:
         assert_same_as_fts5(ix, path, text)
         assert_same_as_fts5(ix, path, text, Filters(tenant="u"))
+    for text in ANY_QUERIES:
+        assert_same_as_fts5(ix, path, text, match="any")
+        assert_same_as_fts5(ix, path, text, Filters(tenant="u"), match="any")
+
+
+def test_any_word_scores_add_up_per_word(ix: SqliteIndex, path: Path) -> None:
+    """OR over the postings: a document's score is the sum of its words' bm25 parts, as FTS5 sums them."""
+    rng = np.random.default_rng(26)
+    ix.upsert_many([(f"d{i:03d}", _doc(rng, i)) for i in range(300)])
+    both = {h.id: h.score for h in ix.search(SearchQuery(text="whale menu ", size=1000, match="any")).hits}
+    whale = {h.id: h.score for h in ix.search(SearchQuery(text="whale ", size=1000)).hits}
+    menu = {h.id: h.score for h in ix.search(SearchQuery(text="menu ", size=1000)).hits}
+    assert set(both) == set(whale) | set(menu) and set(whale) & set(menu)
+    for doc_id, score in both.items():
+        assert score == pytest.approx(whale.get(doc_id, 0.0) + menu.get(doc_id, 0.0), rel=1e-9)
 
 
 def test_writes_of_other_handles_are_followed(ix: SqliteIndex, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +139,8 @@ def test_writes_of_other_handles_are_followed(ix: SqliteIndex, path: Path, monke
             writer.upsert(f"d{round_:03d}", {"caption": None, "labels": None, "name_text": "whale"})
             for text in QUERIES:
                 assert_same_as_fts5(ix, path, text)
+            for text in ANY_QUERIES:
+                assert_same_as_fts5(ix, path, text, match="any")
     finally:
         writer.close()
 
@@ -171,6 +202,8 @@ def test_occurrences_are_read_one_by_one_when_the_vocabulary_does_not_line_up(
     ix.upsert_many([(f"d{i:03d}", _doc(rng, i)) for i in range(150)])
     for text in QUERIES:
         assert_same_as_fts5(ix, path, text)
+    for text in ANY_QUERIES:
+        assert_same_as_fts5(ix, path, text, match="any")
 
 
 def test_vocabulary_counts_must_add_up() -> None:

@@ -212,6 +212,13 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
     if embedder is not None:
         kinds["semantic"] = [via_handler("/search", {"q": f"a photo of a {w}", "mode": "semantic"}) for w in words]
         kinds["hybrid"] = [via_handler("/search", {"q": f"{w}", "mode": "hybrid"}) for w in words]
+    # Descriptions with a word no document holds: keyword search finds no image with every word and falls
+    # back to any word (two index queries, the second over many more matches).
+    described = [f"a {w} by the old mill" for w in words]
+    kinds["keyword (description)"] = [
+        via_handler("/search", {"q": d, "mode": "keyword", "facets": "labels,format"}) for d in described]
+    if embedder is not None:
+        kinds["hybrid (description)"] = [via_handler("/search", {"q": d, "mode": "hybrid"}) for d in described]
     results: dict[str, Any] = {}
     for calls in kinds.values():
         calls[0]()  # warm: loads vector matrices, compiles statements

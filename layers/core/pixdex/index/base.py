@@ -28,6 +28,17 @@ SortOrder = Literal["relevance", "newest", "oldest"]
 FacetName = Literal["format", "labels", "camera", "year"]
 FACET_NAMES: tuple[FacetName, ...] = ("format", "labels", "camera", "year")
 HitSource = Literal["keyword", "vector", "filter", "hash"]
+# How the words of keyword text match: "all" of them (AND), or "any" of the meaningful ones (OR, ranked
+# by BM25, so documents holding more and rarer words come first); see :func:`meaningful_words`.
+TextMatch = Literal["all", "any"]
+TEXT_MATCHES: tuple[TextMatch, ...] = ("all", "any")
+# Lucene's English stop words (the english analyser's ``_english_`` list). With ``match="any"`` they are
+# dropped from the query by every backend alike: "a" or "of" would otherwise match nearly every document
+# (SQLite's porter tokenizer keeps them, and a cluster's plain ``.std`` sub-fields keep them too).
+STOP_WORDS: Final = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+    "they this to was will with".split()
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class SearchQuery:
     size: int = 20
     cursor: str | None = None
     sort: SortOrder = "relevance"
+    match: TextMatch = "all"
 
 
 @dataclass(frozen=True)
@@ -149,12 +161,22 @@ def iter_ids(hits: Iterable[Hit]) -> list[str]:
     return [h.id for h in hits]
 
 
+def meaningful_words(tokens: Sequence[str], match: TextMatch) -> list[int]:
+    """Positions of the query tokens that take part in matching: all of them for ``"all"``; for ``"any"``
+    the ones that are not stop words (none when every token is one)."""
+    if match == "all":
+        return list(range(len(tokens)))
+    return [i for i, t in enumerate(tokens) if t.casefold() not in STOP_WORDS]
+
+
 def validate_query(q: SearchQuery) -> None:
     """The checks every backend applies to a query before running it, in the same terms."""
     if q.text is not None and q.vector is not None:
         raise InvalidRequestError("a query is keyword or vector, not both", field="vector")
     if q.text is not None and not isinstance(q.text, str):
         raise InvalidRequestError("text must be a string", field="q")
+    if q.match not in TEXT_MATCHES:
+        raise InvalidRequestError(f"unknown text match {q.match!r}; expected one of {TEXT_MATCHES}", field="match")
     check_range("size", q.size, 1, MAX_PAGE_SIZE)
     check_range("facet_size", q.facet_size, 1, MAX_FACET_SIZE)
     if q.sort not in ("relevance", "newest", "oldest"):

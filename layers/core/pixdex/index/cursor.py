@@ -55,6 +55,8 @@ def query_shape(query: SearchQuery) -> str:
         "filters": dataclasses.asdict(query.filters),
         "sort": query.sort,
     }
+    if query.match != "all":  # absent for "all", so cursors issued before the field existed stay valid
+        shape["match"] = query.match
     canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 

@@ -756,7 +756,7 @@ class ClusterIndex:
             return self._knn(query, shape, cursor, pin)
         text_q = None
         if query.text is not None:
-            text_q = rq.text_query(query.text)
+            text_q = rq.text_query(query.text, query.match)
             if text_q is None:
                 return SearchResult(hits=[], total=0, facets={f: [] for f in query.facets})
         return self._paged(query, shape, cursor, pin, text_q)

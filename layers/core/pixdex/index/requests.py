@@ -25,7 +25,9 @@ from pixdex.errors import InvalidRequestError
 from pixdex.index.base import (
     Filters,
     SortOrder,
+    TextMatch,
     instant_us,
+    meaningful_words,
 )
 from pixdex.index.mapping import (
     CREATED_FIELD,
@@ -186,19 +188,23 @@ def query_tokens(text: str) -> tuple[list[str], bool]:
     return tokens, prefix
 
 
-def text_query(text: str) -> dict[str, Any] | None:
+def text_query(text: str, match: TextMatch = "all") -> dict[str, Any] | None:
     """All words must match, each in any text field (like the embedded FTS index); None without words.
 
     Each word is matched against the English-stemmed fields and the plain ``.std`` fields, best field
     counting, with the field weights as boosts; a stop word ("not", "the") still matches through ``.std``.
+    With ``match="any"`` the words that are not stop words are OR-ed instead (as the embedded index does:
+    :func:`pixdex.index.base.meaningful_words`), so BM25 ranks documents holding more of them first.
     """
     tokens, prefix = query_tokens(text)
-    if not tokens:
+    words = meaningful_words(tokens, match)
+    if not words:
         return None
     fields = [f"{name}^{TEXT_BOOSTS[name]:g}" for name in TEXT_FIELDS]
     plain = [f"{name}.std^{TEXT_BOOSTS[name]:g}" for name in TEXT_FIELDS]
     clauses: list[dict[str, Any]] = []
-    for i, token in enumerate(tokens):
+    for i in words:
+        token = tokens[i]
         word = {
             "multi_match": {"query": token, "fields": [*fields, *plain], "type": "best_fields", "operator": "and"}
         }
@@ -207,6 +213,8 @@ def text_query(text: str) -> dict[str, Any] | None:
             clauses.append({"bool": {"should": [word, started], "minimum_should_match": 1}})
         else:
             clauses.append(word)
+    if match == "any":
+        return {"bool": {"should": clauses, "minimum_should_match": 1}}
     return {"bool": {"must": clauses}}
 
 

@@ -33,7 +33,8 @@ documents added later never shift, repeat or enter the pages; bm25 scores still 
 statistics, so a keyword cursor resumes after the boundary document's current score.
 
 Facets count the whole result: every match of a keyword search or listing, the k hits of a vector
-search. Keyword search ANDs the query's words over all text fields; see :func:`fts_match_expression`.
+search. Keyword search ANDs the query's words over all text fields, or ORs its meaningful ones (``match="any"``);
+see :func:`fts_match_expression`.
 Its scores are FTS5's bm25, computed from the in-memory postings; queries whose words FTS5 would split
 into phrases go to FTS5 itself.
 
@@ -71,8 +72,10 @@ from pixdex.index.base import (
     Hit,
     SearchQuery,
     SearchResult,
+    TextMatch,
     check_range,
     instant_us,
+    meaningful_words,
     validate_query,
 )
 from pixdex.index.columns import NULL_INT, BoolArray, DocColumns, IdFetcher, IntpArray
@@ -190,31 +193,33 @@ CREATE INDEX IF NOT EXISTS deleted_docs_gen ON deleted_docs (gen);
 """
 
 
-def _keyword_plan(text: str) -> list[tuple[str, bool]]:
+def _keyword_plan(text: str, match: TextMatch = "all") -> list[tuple[str, bool]]:
     """The words of a keyword query, each with whether it also matches as a prefix (the last word being
-    typed: no trailing space and at least :data:`MIN_PREFIX_CHARS` characters)."""
+    typed: no trailing space and at least :data:`MIN_PREFIX_CHARS` characters). With ``match="any"`` stop
+    words are left out (:func:`pixdex.index.base.meaningful_words`)."""
     normalized = unicodedata.normalize("NFKC", text)
     tokens = _TOKEN.findall(normalized)[:MAX_QUERY_TOKENS]
     if not tokens:
         return []
     last = tokens[-1]
     typing = len(last) >= MIN_PREFIX_CHARS and normalized.endswith(last)
-    return [(token, typing and i == len(tokens) - 1) for i, token in enumerate(tokens)]
+    return [(tokens[i], typing and i == len(tokens) - 1) for i in meaningful_words(tokens, match)]
 
 
-def fts_match_expression(text: str, *, any_word: bool = False) -> str | None:
+def fts_match_expression(text: str, *, any_word: bool = False, match: TextMatch = "all") -> str | None:
     """The FTS5 MATCH expression for user text, or None when it has no searchable token.
 
     Every token is quoted as an FTS5 string, so operators, column filters, quotes and stars in user input
-    are plain words. All tokens must match (AND). A last token being typed (no trailing space) also
-    matches as a prefix; the exact term is OR-ed in so that whole-word matches rank first.
-    ``any_word`` joins the words with OR instead (to mark every word that occurs, for highlights).
+    are plain words. With ``match="all"`` all tokens must match (AND); with ``match="any"`` any token that
+    is not a stop word (OR). A last token being typed (no trailing space) also matches as a prefix; the
+    exact term is OR-ed in so that whole-word matches rank first. ``any_word`` joins the words with OR
+    whatever the match (to mark every word that occurs, for highlights).
     """
-    plan = _keyword_plan(text)
+    plan = _keyword_plan(text, match)
     if not plan:
         return None
     parts = [f'("{t}" OR "{t}"*)' if prefix else f'"{t}"' for t, prefix in plan]
-    return (" OR " if any_word else " AND ").join(parts)
+    return (" OR " if any_word or match == "any" else " AND ").join(parts)
 
 
 @dataclass
@@ -568,10 +573,10 @@ class SqliteIndex:
         pin: int,
     ) -> SearchResult:
         assert q.text is not None  # checked by the caller
-        plan = _keyword_plan(q.text)
+        plan = _keyword_plan(q.text, q.match)
         if not plan:
             return SearchResult(hits=[], total=0, facets={f: [] for f in q.facets})
-        matched, scores = self._match(conn, q.text, plan)
+        matched, scores = self._match(conn, q.text, plan, q.match)
         keep = np.zeros(len(matched), dtype=bool)
         inside = matched < docs.capacity
         keep[inside] = allowed[matched[inside]]
@@ -597,7 +602,7 @@ class SqliteIndex:
         page = top[: q.size].tolist()
         page_seqs = [int(seqs[p]) for p in page]
         found = self._documents(conn, page_seqs)
-        highlights = self._highlights(q.text, page_seqs, {s: body for s, (_, body) in found.items()})
+        highlights = self._highlights(q.text, q.match, page_seqs, {s: body for s, (_, body) in found.items()})
         hits = [
             Hit(
                 id=found[s][0],
@@ -621,7 +626,7 @@ class SqliteIndex:
         return SearchResult(hits=hits, total=len(seqs), facets=facets, next_cursor=next_cursor)
 
     def _match(
-        self, conn: sqlite3.Connection, text: str, plan: list[tuple[str, bool]]
+        self, conn: sqlite3.Connection, text: str, plan: list[tuple[str, bool]], match: TextMatch
     ) -> tuple[Int64Array, npt.NDArray[np.float64]]:
         """Every document matching the query (ascending seq) with its bm25 score."""
         terms = self._tokens().words([word for word, _ in plan])
@@ -633,10 +638,11 @@ class SqliteIndex:
                 if prefix:
                     group.append(postings.phrase(self._prefixed(conn, term)))
                 groups.append(group)
-            return postings.search(groups)
+            return postings.search(groups, every=match == "all")
         # A word the tokenizer splits (or drops) is a phrase to FTS5; FTS5 matches and scores those.
         rows = conn.execute(
-            f"SELECT rowid, {_SCORE} FROM fts WHERE fts MATCH ? ORDER BY rowid", (fts_match_expression(text),)
+            f"SELECT rowid, {_SCORE} FROM fts WHERE fts MATCH ? ORDER BY rowid",
+            (fts_match_expression(text, match=match),),
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64)
 
@@ -823,7 +829,7 @@ class SqliteIndex:
         return int(row[0]) if row else None
 
     def _highlights(
-        self, text: str, seqs: list[int], bodies: dict[int, dict[str, Any]]
+        self, text: str, match: TextMatch, seqs: list[int], bodies: dict[int, dict[str, Any]]
     ) -> dict[int, dict[str, list[str]]]:
         """Snippets of caption and OCR text with the query's words marked.
 
@@ -831,8 +837,8 @@ class SqliteIndex:
         in-memory table holding only this page: asking the main table for a few rowids would evaluate
         the whole query once per rowid.
         """
-        match = fts_match_expression(text, any_word=True)
-        if not seqs or match is None:
+        expression = fts_match_expression(text, any_word=True, match=match)
+        if not seqs or expression is None:
             return {}
         hl = self._highlighter()
         hl.execute("BEGIN")
@@ -845,7 +851,7 @@ class SqliteIndex:
             snippets = ", ".join(
                 f"snippet(page, {i}, '{_MARK_OPEN}', '{_MARK_CLOSE}', '…', 12)" for i in range(len(HIGHLIGHT_FIELDS))
             )
-            rows = hl.execute(f"SELECT rowid, {snippets} FROM page WHERE page MATCH ?", (match,)).fetchall()
+            rows = hl.execute(f"SELECT rowid, {snippets} FROM page WHERE page MATCH ?", (expression,)).fetchall()
         finally:
             hl.execute("ROLLBACK")
         out: dict[int, dict[str, list[str]]] = {}
