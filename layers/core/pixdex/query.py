@@ -429,9 +429,9 @@ class SearchService:
             by_hash = hash_future.result() if hash_future is not None else []
         hits: dict[str, Hit] = {}
         candidates: dict[str, Candidate] = {}
-        # Plain k-NN scores are the full-full cosine; with crop vectors each candidate's vectors are read
-        # so the signal is the best of the four cosines.
-        crossed = rule.crop_vectors and full is not None
+        # Plain k-NN scores are the full-full cosine; a probe with a crop vector reads each candidate's
+        # vectors so the signal is the best of the four cosines.
+        crossed = crop is not None
         for hit in by_vector:
             if hit.id not in hits:
                 hits[hit.id] = hit

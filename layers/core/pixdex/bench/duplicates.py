@@ -254,6 +254,8 @@ class Outcome:
     missed: dict[str, int] = field(default_factory=dict)  # by variant name
     negatives: int = 0
     by_signal: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0   # wall time of all the duplicates queries
+    queries: int = 0
 
     def recall(self, kind: str | None = None) -> float:
         values = [v for k, vs in self.found.items() if kind is None or k == kind for v in vs]
@@ -272,8 +274,11 @@ def evaluate(corpus: Corpus, service: SearchService, *, max_distance: int | None
     per_group = max(sum(1 for d in corpus.docs if d.group == g.group) for g in corpus.originals())
     size = min(100, per_group + 10)
     for doc in corpus.docs:
+        t0 = time.perf_counter()
         listing = service.duplicates(doc.id, "default", max_distance, size, min_similarity=min_similarity,
                                      signals=signals)
+        out.seconds += time.perf_counter() - t0
+        out.queries += 1
         hits = listing["exact"] + listing["near"]
         listed = {h["id"] for h in hits}
         if doc.variant == "original":
@@ -303,6 +308,7 @@ class Ranks:
     full_only: dict[str, list[int]] = field(default_factory=dict)    # copies first, full vectors only
     copies_first: dict[str, list[int]] = field(default_factory=dict)
     misses: list[tuple[str, str, int, str]] = field(default_factory=list)  # copies first: photo, variant, rank, top
+    seconds: dict[str, float] = field(default_factory=lambda: {"full_only": 0.0, "copies_first": 0.0})
 
 
 def by_image_ranks(corpus: Corpus, settings: Settings, before: Settings, workdir: Path) -> Ranks:
@@ -330,9 +336,13 @@ def by_image_ranks(corpus: Corpus, settings: Settings, before: Settings, workdir
             continue
         target = next(o.id for o in originals if o.group == doc.group)
         plain = [h["id"] for h in service.by_vector("image_vector", doc.vector, request)["hits"]]
+        t0 = time.perf_counter()
         fused = [h["id"] for h in service.by_image(doc.vector, request, phash=doc.phash, sha256=doc.sha256,
                                                     crop_vector=doc.crop)["hits"]]
+        t1 = time.perf_counter()
         old = [h["id"] for h in full_only.by_image(doc.vector, request, phash=doc.phash, sha256=doc.sha256)["hits"]]
+        out.seconds["copies_first"] += t1 - t0
+        out.seconds["full_only"] += time.perf_counter() - t1
         out.cosine.setdefault(doc.kind, []).append(plain.index(target) + 1 if target in plain else 99)
         out.full_only.setdefault(doc.kind, []).append(old.index(target) + 1 if target in old else 99)
         out.copies_first.setdefault(doc.kind, []).append(fused.index(target) + 1 if target in fused else 99)
@@ -444,14 +454,22 @@ def render(corpus: Corpus, pairs: Pairs, crossed: Pairs, picked: Picked, picked_
         "Recall: share of an original's copies listed in its duplicates (and, last column, share of copies whose "
         "listing holds the original). False positives: documents of a different photo listed, over all "
         "(original, different-photo document) pairs.", "",
-        "| rule | " + " | ".join(kinds) + " | recall | copy -> original | false positives |",
-        "|---|" + "---:|" * (len(kinds) + 3),
+        "| rule | " + " | ".join(kinds) + " | recall | copy -> original | false positives | ms per query |",
+        "|---|" + "---:|" * (len(kinds) + 4),
     ]
     for name, outcome in rows.items():
         fp = len(outcome.false_positives)
         lines.append(f"| {name} | " + " | ".join(_fmt(outcome.recall(k)) for k in kinds) +
                      f" | **{_fmt(outcome.recall())}** | {_fmt(outcome.recall_back())} | {fp} of "
-                     f"{outcome.negatives:,} ({fp / max(outcome.negatives, 1):.2%}) |")
+                     f"{outcome.negatives:,} ({fp / max(outcome.negatives, 1):.2%}) | "
+                     f"{outcome.seconds * 1000 / max(outcome.queries, 1):.1f} |")
+    before_row, now_row = rows.get(BEFORE_ROW), rows.get(CONFIGURED)
+    if before_row is not None and now_row is not None and before_row.seconds > 0:
+        lines += ["", f"Query cost over this {len(corpus.docs):,}-document index, same run: the configured rule "
+                  f"with crop vectors (three k-NNs and a vector read per candidate) takes "
+                  f"**{now_row.seconds / before_row.seconds:.2f}x** the time of the full-vectors rule (one k-NN; "
+                  "the rows run one after another, so machine noise between them is in the ratio); "
+                  "the latency at 100k documents in docs/benchmarks.md predates the crop vectors."]
     fused = rows.get(CONFIGURED)
     if fused is not None:
         lines += ["", "Which rule listed each true copy under the configured rule: " + ", ".join(
@@ -475,6 +493,10 @@ def render(corpus: Corpus, pairs: Pairs, crossed: Pairs, picked: Picked, picked_
             f"{sum(1 for r in table.get(k, []) if r == 1) / max(len(table.get(k, [])), 1):.3f}" for k in kinds) +
             f" | **{sum(1 for r in every if r == 1) / max(len(every), 1):.3f}** | "
             f"{sum(1 for r in every if r <= 3) / max(len(every), 1):.3f} |")
+    if ranks.seconds["full_only"] > 0:
+        lines += ["", f"Query cost, same run: copies first with crop vectors takes "
+                  f"**{ranks.seconds['copies_first'] / ranks.seconds['full_only']:.2f}x** the time of copies "
+                  f"first with full vectors only, over this index of {len(corpus.originals())} originals."]
     if ranks.misses:
         lines += ["", "Copies whose original did not come first (now): " + "; ".join(
             f"{photo} {variant} (rank {r}, after {top})" for photo, variant, r, top in ranks.misses) + "."]
@@ -544,6 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 BEFORE: Final = DuplicateRule(max_distance=10, min_similarity=0.82, joint_max_distance=20, joint_min_similarity=0.69,
                               crop_vectors=False)
 CONFIGURED: Final = "full + crop vectors, configured (now)"
+BEFORE_ROW: Final = "full vectors only, 43-photo thresholds (before)"
 
 
 def _with_rule(settings: Settings, picked: Picked | DuplicateRule, *, crops: bool) -> Settings:
@@ -582,7 +605,7 @@ def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, An
             f"pHash only, <= {BASELINE_MAX_DISTANCE} bits (old default)": evaluate(
                 corpus, service(before), max_distance=BASELINE_MAX_DISTANCE, min_similarity=None,
                 signals=("sha256", "phash")),
-            "full vectors only, 43-photo thresholds (before)": evaluate(
+            BEFORE_ROW: evaluate(
                 corpus, service(before), max_distance=None, min_similarity=None, signals=every),
             "full vectors only, picked here": evaluate(
                 corpus, service(_with_rule(settings, picked, crops=False)), max_distance=None, min_similarity=None,
