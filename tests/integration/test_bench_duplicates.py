@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pixdex.bench.duplicates import Pairs, pick_thresholds, run_photos
+from pixdex.bench.duplicates import CONFIGURED, Pairs, analyze_cost, pick_thresholds, run_photos
 from pixdex.packages import package_dir
 
 
@@ -36,14 +36,28 @@ def test_the_benchmark_runs_the_pipeline_and_writes_its_section(tmp_path: Path) 
         image.save(photos[-1])
     output = tmp_path / "quality.md"
     output.write_text("# Model quality\n\n## Other section\n\nkept\n")
-    args = argparse.Namespace(photos=tmp_path, same_scene=[], output=output, photos_note="test", keep=None)
+    args = argparse.Namespace(photos=tmp_path, same_scene=[], output=output, photos_note="test", keep=None,
+                              no_cost=True)
     result = run_photos(photos, args)
     assert result["photos"] == 3 and result["copies"] == 3 * 27
     # Fused never does worse than the pHash baseline it includes, and these three photos look nothing alike.
     recall = result["recall"]
-    assert recall["fused (configured)"] >= recall["pHash only, <= 8 bits (before)"]
-    assert recall["fused (configured)"] > 0.8
-    assert result["false_positives"]["fused (configured)"] == 0
+    assert recall[CONFIGURED] >= recall["pHash only, <= 8 bits (old default)"]
+    assert recall[CONFIGURED] > 0.8
+    assert result["false_positives"][CONFIGURED] == 0
+    # Crop vectors only add candidates and take the best cosine, so with the same thresholds they find at
+    # least the copies that full vectors alone find.
+    assert result["picked_crossed"]["min_similarity"] >= result["picked_full"]["min_similarity"]
     text = output.read_text()
     assert "## Other section\n\nkept" in text
-    assert "## Near duplicates and query by image (fused signals)" in text and "| fused (configured) |" in text
+    assert "## Near duplicates and query by image (fused signals)" in text and f"| {CONFIGURED} |" in text
+    assert "copies first, full + crop vectors (now)" in text
+
+
+def test_the_crop_vector_cost_is_timed_both_ways(tmp_path: Path) -> None:
+    skimage = package_dir("skimage")
+    if skimage is None:
+        pytest.skip("scikit-image (sample photos) is not installed")
+    cost = analyze_cost([skimage / "data" / "chelsea.png", skimage / "data" / "coffee.png"], images=2, rounds=1)
+    assert cost["images"] == 2 and cost["without_s"] > 0 and cost["with_s"] > 0
+    assert cost["ratio"] == pytest.approx(cost["with_s"] / cost["without_s"])

@@ -29,11 +29,12 @@ def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
 
 
 def _index(api: Api, key: str, image: Image.Image, data: bytes) -> str:
-    """What analyze stores for the duplicate signals: SHA-256 of the bytes, pHash, the image vector."""
+    """What analyze stores for the duplicate signals: SHA-256 of the bytes, pHash, the full and crop vectors."""
     analyzer = api.runtime.analyzer
     assert analyzer is not None
+    vectors = analyzer.image_vectors(image)
     doc_id, doc = _doc(key, tenant="alice", sha256=hashing.sha256_hex(data), phash=hashing.phash(image),
-                       image_vector=analyzer.image_vectors(image)["image_vector"])
+                       image_vector=vectors["image_vector"], crop_vector=vectors["crop_vector"])
     api.runtime.index.upsert(doc_id, doc)
     return doc_id
 
@@ -126,3 +127,28 @@ def test_query_by_id_lists_its_copies_first(api: Api, library: dict[str, Any]) -
     sims = [h["score"] for h in body["hits"][2:]]
     assert sims == sorted(sims, reverse=True)
     assert np.all(np.array(sims) < api.runtime.settings.duplicate_min_similarity)
+
+
+def test_a_tight_crop_meets_the_original_through_the_crop_vectors(api: Api, library: dict[str, Any]) -> None:
+    """A 70 % crop is a magnified centre: its full vector is closer to the original's crop vector than to
+    the original's full vector, and the listing's similarity is that best cosine, both ways."""
+    analyzer = api.runtime.analyzer
+    assert analyzer is not None
+    cat = Image.open(io.BytesIO(_sample_photo("chelsea.png"))).convert("RGB")
+    tight = crop(0.7)(cat)
+    tight_id = _index(api, "alice/cat-tight.jpg", tight, _jpeg(tight))
+    full = analyzer.image_vectors(cat)
+    mine = analyzer.image_vectors(tight)
+    full_full = float(np.dot(full["image_vector"], mine["image_vector"]))
+    crossed = float(np.dot(full["crop_vector"], mine["image_vector"]))
+    assert crossed > full_full
+    for probe, other in ((library["cat"], tight_id), (tight_id, library["cat"])):
+        status, body = api("GET", f"/images/{probe}/duplicates", claims=ALICE)
+        assert status == 200, body
+        hit = next(h for h in body["near"] if h["id"] == other)
+        assert hit["similarity"] >= crossed - 1e-3 and hit["similarity"] > full_full + 1e-3
+        _consistent(hit, body)
+    status, body = api("POST", "/search/image", {"size": "5"}, raw=_jpeg(tight), claims=ALICE)
+    assert status == 200, body
+    assert body["hits"][0]["id"] in {tight_id, library["cat"], library["crop"]}
+    assert library["cat"] in {h["id"] for h in body["hits"] if h.get("signals")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixdex.duplicates import JOINT, SIGNALS, Candidate, DuplicateRule, cosine, parse_signals, rank
+from pixdex.duplicates import JOINT, SIGNALS, Candidate, DuplicateRule, cosine, parse_signals, rank, vector_similarity
 from pixdex.errors import InvalidRequestError
 from pixdex.settings import Settings
 
@@ -92,3 +92,23 @@ def test_settings_carry_the_calibrated_defaults_and_round_trip() -> None:
     assert (custom.duplicate_max_distance, custom.duplicate_min_similarity,
             custom.duplicate_joint_max_distance, custom.duplicate_joint_min_similarity) == (6, 0.9, 16, 0.7)
     assert Settings.from_env(custom.to_env()) == custom
+
+
+def _unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_the_vector_signal_is_the_best_of_full_and_crop_cosines_both_ways() -> None:
+    original = {"image_vector": _unit(1, 0, 0), "crop_vector": _unit(0, 1, 0)}
+    tight_crop = {"image_vector": _unit(0, 1, 0.1), "crop_vector": _unit(0, 0, 1)}
+    full_only = float(np.dot(original["image_vector"], tight_crop["image_vector"]))
+    best = vector_similarity(original, tight_crop)
+    assert best is not None and best > 0.99 > full_only
+    # Symmetric: the crop's full vector meets the original's crop vector from either side.
+    assert vector_similarity(tight_crop, original) == pytest.approx(best)
+    assert vector_similarity(original, tight_crop, crops=False) == pytest.approx(full_only)
+    # Without crop vectors on one side only the full pair counts; without any vector there is no signal.
+    assert vector_similarity(original, {"image_vector": tight_crop["image_vector"]}) == pytest.approx(
+        float(np.dot(original["crop_vector"], tight_crop["image_vector"])))
+    assert vector_similarity({}, tight_crop) is None

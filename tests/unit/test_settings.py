@@ -35,3 +35,15 @@ def test_pixdex_up_hands_its_environment_settings_to_the_functions() -> None:
                                            "PIXDEX_INDEX_URL": "http://127.0.0.1:9200"}
     # --index-url on the command line wins over the environment's URL.
     assert inherited_settings(environ, index_url_given=True) == {"PIXDEX_INDEX_UPDATE_MODE": "merge"}
+
+
+def test_the_crop_vector_fraction_is_a_fraction_and_reaches_the_models() -> None:
+    from pixdex.runtime import model_settings
+
+    assert Settings().crop_vector_fraction == 0.75
+    off = Settings.from_env({"PIXDEX_CROP_VECTOR_FRACTION": "0"})
+    assert off.crop_vector_fraction == 0.0 and model_settings(off).crop_vector_fraction == 0.0
+    assert model_settings(Settings.from_env({"PIXDEX_CROP_VECTOR_FRACTION": "0.6"})).crop_vector_fraction == 0.6
+    for bad in ("1", "1.5", "-0.1", "most"):
+        with pytest.raises(ValueError, match="PIXDEX_CROP_VECTOR_FRACTION"):
+            Settings.from_env({"PIXDEX_CROP_VECTOR_FRACTION": bad})

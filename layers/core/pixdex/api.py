@@ -51,7 +51,7 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Decode sizes: the classifier needs little; OCR and faces read better from more pixels.
 _MODEL_SIDE = 512
 _RECOGNIZE_SIDE = 1280
-_VECTOR_KEYS = frozenset({"image_vector", "caption_vector", "clip_vector", "face_vectors"})
+_VECTOR_KEYS = frozenset({"image_vector", "crop_vector", "caption_vector", "clip_vector", "face_vectors"})
 # Lambda's synchronous payload limit is 6 MB; an inline image must fit in it with its base64 overhead.
 MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024
 UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
@@ -295,7 +295,8 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None,
         data, doc_id, bucket, key = request_source()
         # An indexed image already has its vector and hashes: no download, no model run.
         indexed = (runtime.index.get(doc_id) or {}) if doc_id else {}
-        vector = runtime.index.get_vectors(doc_id).get("image_vector") if doc_id else None
+        vectors = dict(runtime.index.get_vectors(doc_id)) if doc_id else {}
+        vector, crop_vector = vectors.get("image_vector"), vectors.get("crop_vector")
         phash, sha256 = indexed.get("phash"), indexed.get("sha256")
         if vector is None:
             if data is None:
@@ -306,8 +307,10 @@ def create_app(runtime: Runtime, *, logger: Logger | None = None,
                 image = _decode_inline(data, _MODEL_SIDE, settings)
             # The query's own hashes let copies of it (resized, recompressed, recoloured) come first.
             phash, sha256 = hashing.phash(image), hashing.sha256_hex(data)
-            vector = analyzer().image_vectors(image)["image_vector"]
-        return service().by_image(vector, request, phash=phash, sha256=sha256, exclude_id=doc_id)
+            vectors = analyzer().image_vectors(image)
+            vector, crop_vector = vectors["image_vector"], vectors.get("crop_vector")
+        return service().by_image(vector, request, phash=phash, sha256=sha256, exclude_id=doc_id,
+                                  crop_vector=crop_vector)
 
     @app.post("/classify")
     def classify() -> dict[str, Any]:

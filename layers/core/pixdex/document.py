@@ -30,6 +30,9 @@ HIGHLIGHT_FIELDS: Final = ("caption", "ocr_text")
 # Vector fields: name -> dimension (None: set by the model that fills it, e.g. an optional CLIP pair).
 VECTOR_FIELDS: Final[dict[str, int | None]] = {
     "image_vector": 1280,
+    # The same features of the photo's central part (Settings.crop_vector_fraction): what a tight crop of it
+    # shows. Near duplicates compare full and crop vectors both ways. Written by analyze, like image_vector.
+    "crop_vector": 1280,
     "caption_vector": 384,
     "clip_vector": None,
 }

@@ -4,7 +4,10 @@ the image vector, shared by /images/{id}/duplicates and the copies-first orderin
 Each signal fails on its own kind of edit. SHA-256 only sees byte-identical files. The 64-bit DCT pHash
 survives resizing, recompression and colour changes but not crops or rotations (it hashes the whole frame).
 The image vector (EfficientNet-Lite0 features of the centre crop) survives crops, rotations and watermarks,
-but two different photos of one subject can score as high as a heavily edited copy. So a pair is a
+but a tight crop moves it: the model sees a magnified centre. So each photo also carries the vector of its
+central part (crop_vector), and the vector signal is the best cosine over full and crop vectors both ways
+(a crop's full vector meets the original's crop vector, and the reverse). Two different photos of one
+subject can still score as high as a heavily edited copy. So a pair is a
 duplicate when one signal is decisive on its own, or when both are moderately close at once: different
 photos that look alike (cosine 0.7-0.8) almost never also share their low frequencies, and a copy whose
 vector moved (grayscale, heavy recompression of a blurred photo) keeps its pHash. The thresholds are
@@ -13,7 +16,7 @@ calibrated by ``pixdex bench duplicates`` (docs/quality.md) and are settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -26,6 +29,8 @@ Signal = Literal["sha256", "phash", "image_vector"]
 SIGNALS: Final[tuple[Signal, ...]] = ("sha256", "phash", "image_vector")
 # The name a hit carries when neither signal alone decided but the two together did.
 JOINT: Final = "phash+image_vector"
+FULL_VECTOR: Final = "image_vector"
+CROP_VECTOR: Final = "crop_vector"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class DuplicateRule:
     joint_max_distance: int = 20
     joint_min_similarity: float = 0.69
     signals: tuple[Signal, ...] = SIGNALS
+    # Compare crop vectors too (where both images have them); False: full image vectors only.
+    crop_vectors: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_distance", "joint_max_distance"):
@@ -94,6 +101,21 @@ def cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
     if na == 0.0 or nb == 0.0 or a.shape != b.shape:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
+
+
+def vector_similarity(probe: Mapping[str, npt.NDArray[np.float32] | None],
+                      other: Mapping[str, npt.NDArray[np.float32] | None], *, crops: bool = True) -> float | None:
+    """The image-vector signal of a pair: the best cosine of full-full and, with ``crops``, full-crop,
+    crop-full and crop-crop; None when no pair of them can be compared."""
+    pairs = [(FULL_VECTOR, FULL_VECTOR)]
+    if crops:
+        pairs += [(FULL_VECTOR, CROP_VECTOR), (CROP_VECTOR, FULL_VECTOR), (CROP_VECTOR, CROP_VECTOR)]
+    scores = []
+    for mine, theirs in pairs:
+        a, b = probe.get(mine), other.get(theirs)
+        if a is not None and b is not None:
+            scores.append(cosine(a, b))
+    return max(scores) if scores else None
 
 
 @dataclass

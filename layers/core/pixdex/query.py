@@ -7,6 +7,7 @@ import binascii
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pixdex.document import DEFAULT_TENANT
-from pixdex.duplicates import SIGNALS, Candidate, DuplicateRule, Signal, cosine
+from pixdex.duplicates import CROP_VECTOR, FULL_VECTOR, SIGNALS, Candidate, DuplicateRule, Signal, vector_similarity
 from pixdex.duplicates import rank as rank_copies
 from pixdex.errors import InvalidRequestError, NotFoundError
 from pixdex.hashing import hamming
@@ -293,22 +294,25 @@ class SearchService:
         return out
 
     def by_image(self, vector: npt.NDArray[np.float32], request: SearchRequest, *, phash: str | None = None,
-                 sha256: str | None = None, exclude_id: str | None = None) -> dict[str, Any]:
+                 sha256: str | None = None, exclude_id: str | None = None,
+                 crop_vector: npt.NDArray[np.float32] | None = None) -> dict[str, Any]:
         """Query by example. Copies of the query image (the duplicate rule: pHash, vector, SHA-256) come
         first, most alike first, then the rest by vector similarity. Copies found by hash are worked out
         again for every page and left out of the vector ranking, and copies the ranking itself finds only
         move up within their page, so pages neither repeat nor skip a hit. A page of size 1 that holds a
-        copy found by hash has no next page (ask for a larger size to page on)."""
+        copy found by hash has no next page (ask for a larger size to page on). Copies found through crop
+        vectors (``crop_vector`` is the query's centre crop) are treated like copies found by hash."""
         filters = request.filters
         if exclude_id:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, exclude_id))
         rule = self.duplicate_rule()
+        probe = {FULL_VECTOR: vector, CROP_VECTOR: crop_vector}
         # One slot stays for the ranking, whose cursor pages on.
         room = max(request.size - 1, 1)
         # Copies by hash are compared by vector too (a few vector reads), so they order by similarity
         # with the copies the ranking finds: a look-alike shot must not outrank the photo's own copy.
-        by_hash = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=room,
-                               vector_hits=[])[:room] if phash else []
+        by_hash = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=room,
+                               vector_hits=[])[:room] if phash or rule.crop_vectors else []
         if by_hash:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
         shown = by_hash if request.cursor is None else []
@@ -321,8 +325,8 @@ class SearchService:
             filters=filters, facets=request.facets, size=rest, cursor=request.cursor,
         ))
         # Copies within the ranked page (vector, or joint with the pHash read off their documents).
-        in_page = self._copies(rule, phash=phash, sha256=sha256, vector=vector, scope=filters, depth=rest,
-                               vector_hits=result.hits, hash_search=False)
+        in_page = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=rest,
+                               vector_hits=result.hits, hash_search=False, cross_search=False)
         copy_ids = {h.id for h, _, _ in in_page}
         copies = sorted([*shown, *in_page], key=lambda hcm: (-hcm[1].score, hcm[0].id))
         out = self._shape(replace(result, hits=[h for h in result.hits if h.id not in copy_ids]))
@@ -394,6 +398,7 @@ class SearchService:
             joint_max_distance=s.duplicate_joint_max_distance,
             joint_min_similarity=s.duplicate_joint_min_similarity,
             signals=signals,
+            crop_vectors=s.crop_vector_fraction > 0,
         )
 
     def duplicates(self, doc_id: str, tenant: str, max_distance: int | None = None, size: int = 20,
@@ -410,8 +415,8 @@ class SearchService:
             filters=replace(scope, sha256=doc["sha256"]), size=size, sort="oldest",
         )) if doc.get("sha256") and "sha256" in rule.signals else None
         try:
-            vector = self.index.get_vectors(doc_id).get("image_vector") if "image_vector" in rule.signals else None
-            copies = self._copies(rule, phash=doc.get("phash"), sha256=doc.get("sha256"), vector=vector,
+            vectors = dict(self.index.get_vectors(doc_id)) if "image_vector" in rule.signals else {}
+            copies = self._copies(rule, phash=doc.get("phash"), sha256=doc.get("sha256"), vectors=vectors,
                                   scope=scope, depth=2 * size)
         finally:
             exact = exact_future.result().hits if exact_future is not None else []
@@ -431,45 +436,56 @@ class SearchService:
         }
 
     def _copies(self, rule: DuplicateRule, *, phash: str | None, sha256: str | None,
-                vector: npt.NDArray[np.float32] | None, scope: Filters, depth: int,
-                vector_hits: list[Hit] | None = None,
-                hash_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
-        """Images in ``scope`` that are copies of the probe (given by its hashes and vector) under ``rule``,
-        most alike first. Candidates come from the index port every backend has: the Hamming search over
-        pHashes and a filtered k-NN over image vectors, run side by side; each candidate is then compared
-        on every signal (the pHash from its document, the vector for hash-only candidates). A caller that
-        already ranked by vector passes its hits as ``vector_hits`` (scores are cosines), and no k-NN runs."""
+                vectors: Mapping[str, npt.NDArray[np.float32] | None], scope: Filters, depth: int,
+                vector_hits: list[Hit] | None = None, hash_search: bool = True,
+                cross_search: bool = True) -> list[tuple[Hit, Candidate, list[str]]]:
+        """Images in ``scope`` that are copies of the probe (given by its hashes and its full and crop
+        vectors) under ``rule``, most alike first. Candidates come from the index port every backend has:
+        the Hamming search over pHashes, a filtered k-NN over image vectors and, with crop vectors, the
+        crossed k-NNs (the probe's full vector against crop vectors, its crop vector against image vectors:
+        a tight crop and its original meet there), run side by side; each candidate is then compared on
+        every signal. A caller that already ranked by vector passes its hits as ``vector_hits`` (scores
+        are cosines), and no plain k-NN runs; ``cross_search=False`` skips the crossed ones."""
+        full = vectors.get(FULL_VECTOR) if "image_vector" in rule.signals else None
+        crop = vectors.get(CROP_VECTOR) if rule.crop_vectors and full is not None else None
         use_hash = bool(phash) and "phash" in rule.signals and hash_search
-        use_vector = vector is not None and vector_hits is None
-        if not use_hash and not use_vector and not vector_hits:
+        searches: list[tuple[str, npt.NDArray[np.float32]]] = []
+        if full is not None and vector_hits is None:
+            searches.append((FULL_VECTOR, full))
+        if full is not None and crop is not None and cross_search:
+            searches += [(CROP_VECTOR, full), (FULL_VECTOR, crop)]
+        if not use_hash and not searches and not vector_hits:
             return []
         hash_future = _BACKGROUND.submit(
             self.index.near_duplicates, str(phash), rule.max_distance, scope, min(depth, MAX_PAGE_SIZE)
         ) if use_hash else None
         try:
             by_vector: list[Hit] = list(vector_hits or [])
-            if use_vector:
-                assert vector is not None
-                # Deep enough that joint matches (cosine from the floor up, pHash close) are not cut off.
-                k = min(max(depth, DUPLICATE_CANDIDATES), MAX_PAGE_SIZE)
-                by_vector = self.index.search(SearchQuery(
-                    vector=VectorQuery(field="image_vector", vector=vector, k=k, min_similarity=rule.vector_floor),
+            # Deep enough that joint matches (cosine from the floor up, pHash close) are not cut off.
+            k = min(max(depth, DUPLICATE_CANDIDATES), MAX_PAGE_SIZE)
+            for field_name, probe in searches:
+                by_vector += self.index.search(SearchQuery(
+                    vector=VectorQuery(field=field_name, vector=probe, k=k, min_similarity=rule.vector_floor),
                     filters=scope, size=k)).hits
         finally:
             by_hash = hash_future.result() if hash_future is not None else []
         hits: dict[str, Hit] = {}
         candidates: dict[str, Candidate] = {}
+        # Plain k-NN scores are the full-full cosine; a probe with a crop vector reads each candidate's
+        # vectors so the signal is the best of the four cosines.
+        crossed = crop is not None
         for hit in by_vector:
-            hits[hit.id] = hit
-            candidates[hit.id] = Candidate(hit.id, similarity=round(float(hit.score), 6))
+            if hit.id not in hits:
+                hits[hit.id] = hit
+                candidates[hit.id] = Candidate(hit.id, similarity=None if crossed else round(float(hit.score), 6))
         for hit in by_hash:
             hits.setdefault(hit.id, hit)
-            if hit.id not in candidates:
-                stored = self.index.get_vectors(hit.id).get("image_vector") if vector is not None else None
-                candidates[hit.id] = Candidate(
-                    hit.id, similarity=round(cosine(vector, stored), 6) if vector is not None and stored is not None
-                    else None)
+            candidates.setdefault(hit.id, Candidate(hit.id))
         for doc_id, cand in candidates.items():
+            if full is not None and cand.similarity is None:
+                similarity = vector_similarity({FULL_VECTOR: full, CROP_VECTOR: crop},
+                                               self.index.get_vectors(doc_id), crops=rule.crop_vectors)
+                cand.similarity = round(similarity, 6) if similarity is not None else None
             doc = hits[doc_id].doc
             other = doc.get("phash")
             if phash and isinstance(other, str):

@@ -111,5 +111,5 @@ def model_settings(settings: Settings) -> ModelSettings:
         classify="classify" in caps, embed="embed" in caps, caption="caption" in caps, ocr="ocr" in caps,
         faces="faces" in caps, safety="safety" in caps, clip="clip" in caps,
         intra_op_threads=settings.model_threads, providers=settings.model_providers,
-        batch_size=settings.model_batch_size,
+        batch_size=settings.model_batch_size, crop_vector_fraction=settings.crop_vector_fraction,
     )

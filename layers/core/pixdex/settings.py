@@ -95,6 +95,10 @@ class Settings:
     duplicate_min_similarity: float = 0.82
     duplicate_joint_max_distance: int = 20
     duplicate_joint_min_similarity: float = 0.69
+    # Analyze also embeds the central crop_vector_fraction of each side (crop_vector), so a tight crop of a
+    # photo meets the original's centre and the duplicate rule compares full and crop vectors both ways.
+    # 0: no crop vector (half the classifier work per image; tight crops are then found less often).
+    crop_vector_fraction: float = 0.75
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 
@@ -166,6 +170,7 @@ class Settings:
                                               base.duplicate_joint_max_distance, minimum=0),
             duplicate_joint_min_similarity=_float(env, env_names.DUPLICATE_JOINT_MIN_SIMILARITY,
                                                   base.duplicate_joint_min_similarity),
+            crop_vector_fraction=_fraction(env, env_names.CROP_VECTOR_FRACTION, base.crop_vector_fraction),
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
         )
@@ -220,6 +225,7 @@ class Settings:
             env_names.DUPLICATE_MIN_SIMILARITY: repr(self.duplicate_min_similarity),
             env_names.DUPLICATE_JOINT_MAX_DISTANCE: str(self.duplicate_joint_max_distance),
             env_names.DUPLICATE_JOINT_MIN_SIMILARITY: repr(self.duplicate_joint_min_similarity),
+            env_names.CROP_VECTOR_FRACTION: repr(self.crop_vector_fraction),
             env_names.AWS_REGION: self.aws_region,
         }
         for name, value in ((env_names.INDEX_AWS_SERVICE, self.cluster.aws_service),
@@ -286,6 +292,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r}: expected a number") from None
     if not 0.0 <= value < float("inf"):
         raise ValueError(f"{name}={raw!r}: must be zero or positive")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value >= 1.0:
+        raise ValueError(f"{name}={value!r}: expected a fraction below 1 (0: off)")
     return value
 
 

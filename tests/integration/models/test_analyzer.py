@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixdex.models.analysis import CaptionContext, ImageAnalyzer, ModelSettings
+from pixdex.models.analysis import CaptionContext, ImageAnalyzer, ModelSettings, centre_crop
 from pixdex.models.manifest import TASK_IMAGE_CLASSIFIER, TASK_TEXT_EMBEDDER, Manifest
 
 
@@ -56,7 +56,18 @@ def test_switches_and_provenance(built_models: Path, photos: dict[str, Image.Ima
     only_embed = ImageAnalyzer(ModelSettings(model_dir=built_models, classify=False, caption=False, ocr=False,
                                              safety=False))
     (doc,) = only_embed.analyze_batch([photos["rocket"]], [CaptionContext()])
+    assert set(doc) == {"image_vector", "crop_vector", "model_errors", "models"}
+    # The crop vector is the classifier's features of the photo's centre, in the same batch: what the image
+    # vector of that crop is on its own.
+    centre = centre_crop(photos["rocket"].convert("RGB"), 0.75)
+    assert doc["crop_vector"].shape == (1280,)
+    assert float(np.dot(doc["crop_vector"], only_embed.image_vectors(centre)["image_vector"])) > 0.999
+    assert float(np.dot(doc["crop_vector"], doc["image_vector"])) < 0.999
+    no_crop = ImageAnalyzer(ModelSettings(model_dir=built_models, classify=False, caption=False, ocr=False,
+                                          safety=False, crop_vector_fraction=0.0))
+    (doc,) = no_crop.analyze_batch([photos["rocket"]], [CaptionContext()])
     assert set(doc) == {"image_vector", "model_errors", "models"}
+    assert set(no_crop.image_vectors(photos["rocket"])) == {"image_vector"}
     full = ImageAnalyzer(ModelSettings(model_dir=built_models, ocr=False, safety=False))
     (doc,) = full.analyze_batch([photos["rocket"]], [CaptionContext(name_words=["launch_day"])])
     assert set(doc) >= {"labels", "label_scores", "image_vector", "caption", "caption_vector"}

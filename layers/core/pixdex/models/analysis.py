@@ -55,6 +55,8 @@ class ModelSettings:
     # Used only when the model folder holds a CLIP-style pair; otherwise ignored.
     clip: bool = True
     top_k: int = 5
+    # With embed: also the vector of the central fraction of each side (crop_vector; 0: none).
+    crop_vector_fraction: float = 0.75
     # Classes below this probability (other than the top one) add no labels, only label_scores.
     min_label_score: float = 0.1
     caption_style: str = "v2"
@@ -145,6 +147,14 @@ def build_caption_v2(
     about the picture and pull its embedding towards every other photo from that camera. They stay
     searchable by keyword (``exif_text``) and by the camera filter."""
     return build_caption(classification, ocr_text, CaptionContext(name_words=context.name_words), min_label_score)
+
+
+def centre_crop(image: Image.Image, fraction: float) -> Image.Image:
+    """The central ``fraction`` of each side: what a tight crop of the photo keeps, for crop_vector."""
+    w, h = image.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
 
 
 def mix_caption_vectors(caption: npt.NDArray[np.float32], concepts: npt.NDArray[np.float32],
@@ -247,8 +257,8 @@ class ImageAnalyzer:
     def analyze_batch(
         self, images: Sequence[Image.Image], context: Sequence[CaptionContext] | None = None
     ) -> list[dict[str, Any]]:
-        """Per image: labels, label_scores, image_vector, caption, caption_vector, ocr_text, ocr_boxes,
-        has_text, nsfw_score, faces, face_count, face_vectors, clip_vector (when a CLIP pair is present),
+        """Per image: labels, label_scores, image_vector, crop_vector, caption, caption_vector, ocr_text,
+        ocr_boxes, has_text, nsfw_score, faces, face_count, face_vectors, clip_vector (when a CLIP pair is present),
         model_errors and models. Fields of a disabled or failed capability are absent; a failure is
         recorded in ``model_errors[capability]``.
         """
@@ -263,17 +273,22 @@ class ImageAnalyzer:
 
         classifications: list[Classification | None] = [None] * len(images)
         if s.classify or s.embed or s.caption:
+            # The centre crops ride in the same classifier batch: one model call, one preprocessing pass.
+            crops = [centre_crop(im, s.crop_vector_fraction) for im in images] if s.embed and \
+                s.crop_vector_fraction > 0 else []
             found = self._batch_step(docs, "classify" if s.classify else "embed",
-                                     lambda: self._classifier.get().classify(images, s.top_k))
+                                     lambda: self._classifier.get().classify([*images, *crops], s.top_k))
             if found is not None:
-                classifications = list(found)
+                classifications = list(found[:len(images)])
                 version = self._classifier.get().entry.provenance
-                for doc, result in zip(docs, found, strict=True):
+                for i, (doc, result) in enumerate(zip(docs, found[:len(images)], strict=True)):
                     if s.classify:
                         doc["label_scores"] = result.label_scores()
                         doc["labels"] = result.labels(s.min_label_score)
                     if s.embed:
                         doc["image_vector"] = result.vector
+                        if crops:
+                            doc["crop_vector"] = found[len(images) + i].vector
                     doc["models"][self._classifier.get().entry.name] = version
 
         ocr_texts = [""] * len(images)
@@ -396,8 +411,14 @@ class ImageAnalyzer:
         return self.analyze_batch([image], [context or CaptionContext()])[0]
 
     def image_vectors(self, image: Image.Image) -> dict[str, npt.NDArray[np.float32]]:
-        """Vectors for query-by-image: image_vector, and clip_vector when a CLIP pair is present."""
-        out = {"image_vector": self._classifier.get().classify([image.convert("RGB")], 1)[0].vector}
+        """Vectors for query-by-image: image_vector, crop_vector (unless off), and clip_vector when a CLIP
+        pair is present."""
+        rgb = image.convert("RGB")
+        fraction = self.settings.crop_vector_fraction
+        found = self._classifier.get().classify([rgb, centre_crop(rgb, fraction)] if fraction > 0 else [rgb], 1)
+        out = {"image_vector": found[0].vector}
+        if fraction > 0:
+            out["crop_vector"] = found[1].vector
         if self._clip is not None:
             out["clip_vector"] = self._clip.get().embed_images([image.convert("RGB")])[0]
         return out
