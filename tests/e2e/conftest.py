@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
+from pixdex.document import document_id
 from pixdex.local.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,20 @@ class RunningStack:
                 raise AssertionError(f"pixdex up exited with {self.proc.returncode} while waiting for {what}")
             time.sleep(0.25)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def processed(self, doc_id: str) -> bool:
+        """Both stages have recorded their state on the document."""
+        status, doc = self.get(f"/images/{doc_id}")
+        return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
+
+    def upload_and_wait(self, objects: dict[str, bytes], timeout: float = 90.0, where: str = "the index") -> None:
+        """Uploads each object to the originals bucket and waits until both stages have processed it."""
+        s3 = self.client("s3")
+        for key, body in objects.items():
+            s3.put_object(Bucket=self.originals_bucket, Key=key, Body=body)
+        for key in objects:
+            doc_id = document_id(self.originals_bucket, key)
+            self.wait_for(lambda i=doc_id: self.processed(i), timeout=timeout, what=f"{key} indexed in {where}")
 
 
 def start_stack(data_dir: Path, *extra: str, env_extra: dict[str, str] | None = None,

@@ -26,19 +26,9 @@ def test_upload_to_search_on_a_real_opensearch_node(tmp_path: Path) -> None:
         pytest.skip(f"tools/opensearch-node does not build here (Java 17 and Maven needed): {exc}")
     stack = start_stack(tmp_path / "data", "--opensearch", "--opensearch-port", "0", startup_s=240.0)
     try:
-        s3 = stack.client("s3")
-        keys = {"os/Red Sunset.jpg": imagegen.jpeg_bytes(800, 600, seed=1),
-                "os/diagram.png": imagegen.png_bytes(640, 480, seed=2, screenshot=True)}
-        for key, body in keys.items():
-            s3.put_object(Bucket=stack.originals_bucket, Key=key, Body=body)
-        for key in keys:
-            doc_id = document_id(stack.originals_bucket, key)
-
-            def done(i: str = doc_id) -> bool:
-                status, doc = stack.get(f"/images/{i}")
-                return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
-
-            stack.wait_for(done, timeout=180.0, what=f"{key} indexed on the OpenSearch node")
+        stack.upload_and_wait({"os/Red Sunset.jpg": imagegen.jpeg_bytes(800, 600, seed=1),
+                               "os/diagram.png": imagegen.png_bytes(640, 480, seed=2, screenshot=True)},
+                              timeout=180.0, where="the OpenSearch node")
         assert not (tmp_path / "data" / "index.db").exists()  # nothing went to the embedded index
         status, stats = stack.get("/stats")
         assert status == 200 and stats["index"]["backend"] == "opensearch", stats
@@ -51,7 +41,7 @@ def test_upload_to_search_on_a_real_opensearch_node(tmp_path: Path) -> None:
         diagram = document_id(stack.originals_bucket, "os/diagram.png")
         similar = stack.get(f"/images/{diagram}/similar")
         assert similar[0] == 200 and [h["key"] for h in similar[1]["hits"]] == ["os/Red Sunset.jpg"]
-        s3.delete_object(Bucket=stack.originals_bucket, Key="os/diagram.png")
+        stack.client("s3").delete_object(Bucket=stack.originals_bucket, Key="os/diagram.png")
         stack.wait_for(lambda: stack.get(f"/images/{diagram}")[0] == 404, what="the deleted image gone")
     finally:
         stop_stack(stack)

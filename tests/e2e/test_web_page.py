@@ -86,20 +86,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     running = start_stack(tmp_path_factory.mktemp("web") / "data",
                           env_extra={"PIXDEX_CAPABILITIES": "classify,embed,caption,ocr,safety,faces,clip"})
     try:
-        s3 = running.client("s3")
-        for key, make in SEED_OBJECTS.items():
-            s3.put_object(Bucket=running.originals_bucket, Key=key, Body=make())
-        for key in SEED_OBJECTS:
-            doc_id = document_id(running.originals_bucket, key)
-            running.wait_for(lambda i=doc_id: _processed(running, i), timeout=240, what=f"{key} processed")
+        running.upload_and_wait({key: make() for key, make in SEED_OBJECTS.items()}, timeout=240)
         yield running
     finally:
         stop_stack(running)
 
 
-def _processed(stack: RunningStack, doc_id: str) -> bool:
-    status, doc = stack.get(f"/images/{doc_id}")
-    return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
 
 
 @pytest.fixture(scope="module")

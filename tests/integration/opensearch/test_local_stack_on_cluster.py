@@ -18,19 +18,9 @@ pytestmark = pytest.mark.e2e
 def test_upload_to_search_on_a_cluster(noida: Emulator, tmp_path: Path) -> None:
     stack = start_stack(tmp_path / "data", "--index-url", noida.url)
     try:
-        s3 = stack.client("s3")
-        keys = {"cluster/Red Sunset.jpg": imagegen.jpeg_bytes(800, 600, seed=1),
-                "cluster/diagram.png": imagegen.png_bytes(640, 480, seed=2, screenshot=True)}
-        for key, body in keys.items():
-            s3.put_object(Bucket=stack.originals_bucket, Key=key, Body=body)
-        for key in keys:
-            doc_id = document_id(stack.originals_bucket, key)
-
-            def done(i: str = doc_id) -> bool:
-                status, doc = stack.get(f"/images/{i}")
-                return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
-
-            stack.wait_for(done, what=f"{key} indexed in the cluster")
+        stack.upload_and_wait({"cluster/Red Sunset.jpg": imagegen.jpeg_bytes(800, 600, seed=1),
+                               "cluster/diagram.png": imagegen.png_bytes(640, 480, seed=2, screenshot=True)},
+                              where="the cluster")
         assert not (tmp_path / "data" / "index.db").exists()  # nothing went to the embedded index
         status, body = stack.get("/search?q=sunset&mode=keyword")
         assert status == 200 and [h["key"] for h in body["hits"]] == ["cluster/Red Sunset.jpg"]
@@ -49,16 +39,7 @@ def test_settings_in_the_environment_reach_the_functions(osmem: Emulator, tmp_pa
     stack = start_stack(tmp_path / "data", "--index-url", osmem.url,
                         env_extra={"PIXDEX_INDEX_UPDATE_MODE": "merge", "PIXDEX_KNN_HAMMING": "false"})
     try:
-        key = "merge/Blue Lake.jpg"
-        stack.client("s3").put_object(Bucket=stack.originals_bucket, Key=key,
-                                      Body=imagegen.jpeg_bytes(640, 480, seed=3))
-        doc_id = document_id(stack.originals_bucket, key)
-
-        def done() -> bool:
-            status, doc = stack.get(f"/images/{doc_id}")
-            return status == 200 and bool(doc.get("compress_state")) and bool(doc.get("analyze_state"))
-
-        stack.wait_for(done, what=f"{key} indexed on the emulator")
+        stack.upload_and_wait({"merge/Blue Lake.jpg": imagegen.jpeg_bytes(640, 480, seed=3)}, where="the emulator")
         status, stats = stack.get("/stats")
         assert status == 200 and stats["index"]["update_mode"] == "merge", stats
     finally:

@@ -42,6 +42,7 @@ import pixdex
 from pixdex import derivatives as dv
 from pixdex import imaging
 from pixdex.bench.report import write_section
+from pixdex.bench.stats import cpu_model
 from pixdex.packages import package_dir
 from pixdex.settings import DerivativeSettings, ImageLimits
 
@@ -365,16 +366,6 @@ def pinned(core: int | None) -> Iterator[str]:
 # Report
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _fmt_bytes(n: float) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.2f} MB"
@@ -394,7 +385,7 @@ def render(results: list[Result], sweep: list[tuple[str, float, int]], args: arg
     lines = [
         SECTION,
         "",
-        f"Measured {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {_cpu_model()}, {pin}; "
+        f"Measured {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {cpu_model()}, {pin}; "
         f"load average before the run {load}. Python {platform.python_version()}, Pillow "
         f"{PIL.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')}, libwebp {features.version('webp')}), "
         f"numpy {np.__version__}, pixdex {pixdex.__version__}. Each path is run {args.repeat} times per "
