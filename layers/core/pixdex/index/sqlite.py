@@ -472,11 +472,12 @@ class SqliteIndex:
         with self._read() as conn:
             for start in range(0, len(ids), _IDS_PER_STATEMENT):
                 chunk = ids[start:start + _IDS_PER_STATEMENT]
+                # CROSS JOIN keeps docs (sought by id) the outer loop; SQLite's own order scanned all vectors.
                 rows = conn.execute(
-                    "SELECT d.id, v.field, v.vec FROM docs AS d JOIN vectors AS v ON v.doc = d.seq "
-                    f"WHERE d.id IN ({', '.join('?' * len(chunk))}) AND v.field IN ({fields_sql}) "
-                    "AND v.vec IS NOT NULL",
-                    (*chunk, *names),
+                    "SELECT d.id, v.field, v.vec FROM docs AS d CROSS JOIN vectors AS v "
+                    f"ON v.field IN ({fields_sql}) AND v.doc = d.seq "
+                    f"WHERE d.id IN ({', '.join('?' * len(chunk))}) AND v.vec IS NOT NULL",
+                    (*names, *chunk),
                 ).fetchall()
                 for doc_id, name, blob in rows:
                     out[doc_id][name] = np.frombuffer(blob, dtype="<f2").astype(np.float32)
