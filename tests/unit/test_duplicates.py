@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixdex.duplicates import JOINT, SIGNALS, Candidate, DuplicateRule, cosine, parse_signals, rank, vector_similarity
+from pixdex.duplicates import (
+    JOINT,
+    SIGNALS,
+    Candidate,
+    DuplicateRule,
+    cosine,
+    parse_signals,
+    rank,
+    vector_similarities,
+    vector_similarity,
+)
 from pixdex.errors import InvalidRequestError
 from pixdex.settings import Settings
 
@@ -112,3 +122,33 @@ def test_the_vector_signal_is_the_best_of_full_and_crop_cosines_both_ways() -> N
     assert vector_similarity(original, {"image_vector": tight_crop["image_vector"]}) == pytest.approx(
         float(np.dot(original["crop_vector"], tight_crop["image_vector"])))
     assert vector_similarity({}, tight_crop) is None
+
+
+def test_batched_similarities_equal_the_best_pairwise_cosine() -> None:
+    rng = np.random.default_rng(5)
+
+    def vec(dim: int = 8) -> np.ndarray:
+        return rng.normal(size=dim).astype(np.float32)
+
+    probe = {"image_vector": vec(), "crop_vector": vec()}
+    others: list[dict[str, np.ndarray]] = [
+        {"image_vector": vec(), "crop_vector": vec()},
+        {"crop_vector": vec()},  # no full vector
+        {"image_vector": vec()},  # an old document: no crop vector
+        {"image_vector": np.zeros(8, dtype=np.float32)},  # norm 0 compares as cosine 0
+        {"image_vector": vec(4)},  # another dimension: cosine 0
+        {},
+    ]
+    for crops in (True, False):
+        pairs = [("image_vector", "image_vector")]
+        if crops:
+            pairs += [("image_vector", "crop_vector"), ("crop_vector", "image_vector"), ("crop_vector", "crop_vector")]
+        expected = []
+        for other in others:
+            scores = [cosine(probe[a], other[b]) for a, b in pairs if b in other]
+            expected.append(max(scores) if scores else None)
+        got = vector_similarities(probe, others, crops=crops)
+        assert [g is None for g in got] == [e is None for e in expected]
+        assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None], abs=1e-6)
+    assert vector_similarities(probe, []) == []
+    assert vector_similarities({}, others) == [None] * len(others)

@@ -107,15 +107,38 @@ def vector_similarity(probe: Mapping[str, npt.NDArray[np.float32] | None],
                       other: Mapping[str, npt.NDArray[np.float32] | None], *, crops: bool = True) -> float | None:
     """The image-vector signal of a pair: the best cosine of full-full and, with ``crops``, full-crop,
     crop-full and crop-crop; None when no pair of them can be compared."""
+    return vector_similarities(probe, [other], crops=crops)[0]
+
+
+def vector_similarities(probe: Mapping[str, npt.NDArray[np.float32] | None],
+                        others: Sequence[Mapping[str, npt.NDArray[np.float32] | None]], *,
+                        crops: bool = True) -> list[float | None]:
+    """``vector_similarity`` of the probe and each of ``others``, as one matrix product per pair of fields
+    (a duplicates query compares dozens of candidates)."""
     pairs = [(FULL_VECTOR, FULL_VECTOR)]
     if crops:
         pairs += [(FULL_VECTOR, CROP_VECTOR), (CROP_VECTOR, FULL_VECTOR), (CROP_VECTOR, CROP_VECTOR)]
-    scores = []
+    best = np.full(len(others), -np.inf)
+    compared = np.zeros(len(others), dtype=bool)
     for mine, theirs in pairs:
-        a, b = probe.get(mine), other.get(theirs)
-        if a is not None and b is not None:
-            scores.append(cosine(a, b))
-    return max(scores) if scores else None
+        a = probe.get(mine)
+        if a is None:
+            continue
+        rows = [i for i, other in enumerate(others) if other.get(theirs) is not None]
+        if not rows:
+            continue
+        compared[rows] = True
+        # A vector of another dimension or of norm 0 compares as cosine 0, as ``cosine`` has it.
+        same = [i for i in rows if others[i][theirs].shape == a.shape]  # type: ignore[union-attr]
+        scores = np.zeros(len(rows))
+        if same:
+            matrix = np.stack([others[i][theirs] for i in same]).astype(np.float64)  # type: ignore[misc]
+            norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(a))
+            dots = matrix @ a.astype(np.float64)
+            at = {i: j for j, i in enumerate(rows)}
+            scores[[at[i] for i in same]] = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+        best[rows] = np.maximum(best[rows], scores)
+    return [float(b) if seen else None for b, seen in zip(best, compared, strict=True)]
 
 
 @dataclass

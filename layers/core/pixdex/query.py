@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pixdex.document import DEFAULT_TENANT
-from pixdex.duplicates import CROP_VECTOR, FULL_VECTOR, SIGNALS, Candidate, DuplicateRule, Signal, vector_similarity
+from pixdex.duplicates import CROP_VECTOR, FULL_VECTOR, SIGNALS, Candidate, DuplicateRule, Signal, vector_similarities
 from pixdex.duplicates import rank as rank_copies
 from pixdex.errors import InvalidRequestError, NotFoundError
 from pixdex.hashing import hamming
@@ -481,11 +481,16 @@ class SearchService:
         for hit in by_hash:
             hits.setdefault(hit.id, hit)
             candidates.setdefault(hit.id, Candidate(hit.id))
+        unscored = [doc_id for doc_id, cand in candidates.items() if cand.similarity is None]
+        if full is not None and unscored:
+            # One read of every candidate's vectors, compared in one matrix product per pair of fields.
+            stored = self.index.get_vectors_many(
+                unscored, (FULL_VECTOR, CROP_VECTOR) if rule.crop_vectors else (FULL_VECTOR,))
+            similarities = vector_similarities({FULL_VECTOR: full, CROP_VECTOR: crop},
+                                               [stored[doc_id] for doc_id in unscored], crops=rule.crop_vectors)
+            for doc_id, similarity in zip(unscored, similarities, strict=True):
+                candidates[doc_id].similarity = round(similarity, 6) if similarity is not None else None
         for doc_id, cand in candidates.items():
-            if full is not None and cand.similarity is None:
-                similarity = vector_similarity({FULL_VECTOR: full, CROP_VECTOR: crop},
-                                               self.index.get_vectors(doc_id), crops=rule.crop_vectors)
-                cand.similarity = round(similarity, 6) if similarity is not None else None
             doc = hits[doc_id].doc
             other = doc.get("phash")
             if phash and isinstance(other, str):

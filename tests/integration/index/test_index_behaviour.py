@@ -150,6 +150,19 @@ def test_vectors_are_kept_apart_from_the_document(index: ImageIndex) -> None:
     assert index.get_vectors("missing") == {}
 
 
+def test_vectors_of_many_documents_in_one_read(index: ImageIndex) -> None:
+    rng = np.random.default_rng(3)
+    index.upsert("a", {"key": "a", "caption_vector": unit(rng)})
+    index.upsert("b", {"key": "b"})
+    many = index.get_vectors_many(["a", "b", "missing"], ("caption_vector", "image_vector"))
+    assert set(many) == {"a", "b", "missing"}
+    assert set(many["a"]) == {"caption_vector"}
+    np.testing.assert_array_equal(many["a"]["caption_vector"], index.get_vectors("a")["caption_vector"])
+    assert many["b"] == {} and many["missing"] == {}
+    # Only the named fields are read.
+    assert index.get_vectors_many(["a"], ("image_vector",)) == {"a": {}}
+
+
 def test_vector_given_as_list_is_accepted(index: ImageIndex) -> None:
     index.upsert("x", {"caption_vector": [1.0] + [0.0] * (CAPTION_DIM - 1)})
     hits = index.search(SearchQuery(vector=VectorQuery("caption_vector", unit_axis(0)))).hits

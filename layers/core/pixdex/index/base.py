@@ -135,6 +135,11 @@ class ImageIndex(Protocol):
 
     def get_vectors(self, doc_id: str) -> dict[str, npt.NDArray[np.float32]]: ...
 
+    def get_vectors_many(self, doc_ids: Sequence[str],
+                         fields: Sequence[str]) -> dict[str, dict[str, npt.NDArray[np.float32]]]:
+        """``get_vectors`` of many documents at once, only the named fields; {} for a missing document."""
+        ...
+
     def delete(self, doc_id: str) -> bool:
         """Delete the document and its vectors; False if it did not exist."""
         ...

@@ -711,6 +711,12 @@ class ClusterIndex:
             if name in VECTOR_FIELDS and value is not None
         }
 
+    def get_vectors_many(self, doc_ids: Sequence[str],
+                         fields: Sequence[str]) -> dict[str, dict[str, npt.NDArray[np.float32]]]:
+        wanted = set(fields)
+        return {doc_id: {k: v for k, v in self.get_vectors(doc_id).items() if k in wanted}
+                for doc_id in dict.fromkeys(doc_ids)}
+
     def _get_source(
         self, doc_id: str, *, includes: Sequence[str] = (), excludes: Sequence[str] = ()
     ) -> dict[str, Any] | None:

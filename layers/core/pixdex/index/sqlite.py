@@ -125,6 +125,8 @@ _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
 _SCORE = "-bm25(fts, {})".format(", ".join(repr(BM25_WEIGHTS[f]) for f in TEXT_FIELDS))
 _FTS_COLUMNS = ", ".join(TEXT_FIELDS)
 _VECTOR_FIELD_LIST = ", ".join("?" * len(VECTOR_FIELDS))
+# Document ids bound in one statement (SQLite allows 999 parameters in older builds).
+_IDS_PER_STATEMENT = 500
 # Occurrences are read as seq * 8 + column index.
 assert len(TEXT_FIELDS) <= 8
 _COLUMN_INDEX = "CASE col {} END".format(" ".join(f"WHEN '{f}' THEN {i}" for i, f in enumerate(TEXT_FIELDS)))
@@ -456,6 +458,30 @@ class SqliteIndex:
                 (*VECTOR_FIELDS, doc_id),
             ).fetchall()
         return {name: np.frombuffer(blob, dtype="<f2").astype(np.float32) for name, blob in rows}
+
+    def get_vectors_many(self, doc_ids: Sequence[str],
+                         fields: Sequence[str]) -> dict[str, dict[str, npt.NDArray[np.float32]]]:
+        names = [f for f in dict.fromkeys(fields) if f in VECTOR_FIELDS]
+        out: dict[str, dict[str, npt.NDArray[np.float32]]] = {doc_id: {} for doc_id in doc_ids}
+        ids = list(out)
+        if not ids or not names:
+            return out
+        fields_sql = ", ".join("?" * len(names))
+        # One read for all candidates: a query per document (its BEGIN, lock and seek) cost more than the
+        # vectors themselves. Chunks stay under SQLite's bound-parameter limit.
+        with self._read() as conn:
+            for start in range(0, len(ids), _IDS_PER_STATEMENT):
+                chunk = ids[start:start + _IDS_PER_STATEMENT]
+                # CROSS JOIN keeps docs (sought by id) the outer loop; SQLite's own order scanned all vectors.
+                rows = conn.execute(
+                    "SELECT d.id, v.field, v.vec FROM docs AS d CROSS JOIN vectors AS v "
+                    f"ON v.field IN ({fields_sql}) AND v.doc = d.seq "
+                    f"WHERE d.id IN ({', '.join('?' * len(chunk))}) AND v.vec IS NOT NULL",
+                    (*names, *chunk),
+                ).fetchall()
+                for doc_id, name, blob in rows:
+                    out[doc_id][name] = np.frombuffer(blob, dtype="<f2").astype(np.float32)
+        return out
 
     def count(self, filters: Filters | None = None) -> int:
         with self._read() as conn:
