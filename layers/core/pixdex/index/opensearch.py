@@ -986,14 +986,24 @@ class ClusterIndex:
         raise self.client.error(response, request, InvalidRequestError)
 
     def _open_pit(self) -> str | None:
+        """A point in time for the next pages, or None: the creation pin alone then keeps them stable
+        against additions (not against updates and deletes).
+
+        The page itself has been answered, so a refusal here must not fail it. Every page 1 with more
+        hits opens one, and a node holds at most ``search.max_open_pit_context`` (300 by default) for
+        their keep-alive: a busy API reaches that limit (429 "too many Point In Time contexts"), and so
+        does an overloaded node. Those are tried once, not retried: waiting would not free a context.
+        """
         request = self.dialect.create_pit(self.alias, self.pit_keep_alive)
-        response = self.client.send(request)
+        try:
+            response = self.client.transport.perform(request)
+        except TransportError:
+            return None
         if 200 <= response.status < 300 and isinstance(response.body, Mapping):
             return self.dialect.pit_id(response.body)
-        if response.status in RETRY_STATUSES:
-            raise self.client.error(response, request, InvalidRequestError)
-        # No point in time on this cluster: the creation pin alone keeps pages stable against additions.
-        self.point_in_time = False
+        if response.status not in RETRY_STATUSES:
+            # No point in time on this cluster at all: stop asking.
+            self.point_in_time = False
         return None
 
     def _close_pit(self, pit_id: str) -> None:
