@@ -104,6 +104,15 @@ def test_settings_carry_the_calibrated_defaults_and_round_trip() -> None:
     assert Settings.from_env(custom.to_env()) == custom
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("PIXDEX_DUPLICATE_MAX_DISTANCE", "65"), ("PIXDEX_DUPLICATE_JOINT_MAX_DISTANCE", "-1"),
+    ("PIXDEX_DUPLICATE_MIN_SIMILARITY", "1.5"), ("PIXDEX_DUPLICATE_JOINT_MIN_SIMILARITY", "-0.2"),
+])
+def test_out_of_range_thresholds_stop_the_settings_not_each_request(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env({name: value})
+
+
 def _unit(*xs: float) -> np.ndarray:
     v = np.array(xs, dtype=np.float32)
     return v / np.linalg.norm(v)

@@ -194,6 +194,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         "originals_bucket": stack.originals_bucket,
         "derivatives_bucket": stack.derivatives_bucket,
         "pid": os.getpid(),
+        # What a worker attached to this stack (python -m pixdex.local.worker) must run its function with.
+        "index_url": index_url,
+        "function_settings": extra_env,
     }
     (stack.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     print(f"AWS endpoint {stack.aws_endpoint}")

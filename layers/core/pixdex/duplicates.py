@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pixdex.errors import InvalidRequestError
+from pixdex.settings import Settings
 
 Signal = Literal["sha256", "phash", "image_vector"]
 SIGNALS: Final[tuple[Signal, ...]] = ("sha256", "phash", "image_vector")
@@ -35,12 +36,12 @@ CROP_VECTOR: Final = "crop_vector"
 
 @dataclass(frozen=True)
 class DuplicateRule:
-    """Thresholds per signal (defaults: Settings, calibrated in docs/quality.md) and which signals count."""
+    """Thresholds per signal (defaults: Settings', calibrated in docs/quality.md) and which signals count."""
 
-    max_distance: int = 10
-    min_similarity: float = 0.82
-    joint_max_distance: int = 20
-    joint_min_similarity: float = 0.69
+    max_distance: int = Settings.duplicate_max_distance
+    min_similarity: float = Settings.duplicate_min_similarity
+    joint_max_distance: int = Settings.duplicate_joint_max_distance
+    joint_min_similarity: float = Settings.duplicate_joint_min_similarity
     signals: tuple[Signal, ...] = SIGNALS
     # Compare crop vectors too (where both images have them); False: full image vectors only.
     crop_vectors: bool = True

@@ -163,13 +163,15 @@ class Settings:
             max_upload_bytes=_int(env, env_names.MAX_UPLOAD_BYTES, base.max_upload_bytes),
             hybrid_keyword_weight=_float(env, env_names.HYBRID_KEYWORD_WEIGHT, base.hybrid_keyword_weight),
             hybrid_vector_weight=_float(env, env_names.HYBRID_VECTOR_WEIGHT, base.hybrid_vector_weight),
+            # Bounded here, so a bad value stops the function at start-up instead of failing every request.
             duplicate_max_distance=_int(env, env_names.DUPLICATE_MAX_DISTANCE, base.duplicate_max_distance,
-                                        minimum=0),
-            duplicate_min_similarity=_float(env, env_names.DUPLICATE_MIN_SIMILARITY, base.duplicate_min_similarity),
+                                        minimum=0, maximum=64),
+            duplicate_min_similarity=_similarity(env, env_names.DUPLICATE_MIN_SIMILARITY,
+                                                 base.duplicate_min_similarity),
             duplicate_joint_max_distance=_int(env, env_names.DUPLICATE_JOINT_MAX_DISTANCE,
-                                              base.duplicate_joint_max_distance, minimum=0),
-            duplicate_joint_min_similarity=_float(env, env_names.DUPLICATE_JOINT_MIN_SIMILARITY,
-                                                  base.duplicate_joint_min_similarity),
+                                              base.duplicate_joint_max_distance, minimum=0, maximum=64),
+            duplicate_joint_min_similarity=_similarity(env, env_names.DUPLICATE_JOINT_MIN_SIMILARITY,
+                                                       base.duplicate_joint_min_similarity),
             crop_vector_fraction=_fraction(env, env_names.CROP_VECTOR_FRACTION, base.crop_vector_fraction),
             aws_endpoint_url=env.get(env_names.AWS_ENDPOINT_URL) or None,
             aws_region=env.get(env_names.AWS_REGION) or env.get(env_names.AWS_DEFAULT_REGION) or base.aws_region,
@@ -262,7 +264,7 @@ def _capabilities(raw: str | None) -> tuple[str, ...]:
     return names
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -272,6 +274,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -
         raise ValueError(f"{name}={raw!r}: expected an integer") from None
     if value < minimum:
         raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={raw!r}: must be at most {maximum}")
     return value
 
 
@@ -292,6 +296,14 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r}: expected a number") from None
     if not 0.0 <= value < float("inf"):
         raise ValueError(f"{name}={raw!r}: must be zero or positive")
+    return value
+
+
+def _similarity(env: Mapping[str, str], name: str, default: float) -> float:
+    """A cosine threshold: 0 to 1 (negative cosines never make two photos copies)."""
+    value = _float(env, name, default)
+    if value > 1.0:
+        raise ValueError(f"{name}={value!r}: a cosine similarity is at most 1")
     return value
 
 

@@ -59,10 +59,13 @@ def build(folder: Path, *, mvn: str = "mvn", timeout_s: float = 900.0) -> str:
         if shutil.which(mvn) is None:
             raise NodeError(f"{mvn!r} not found: Maven is needed to build tools/opensearch-node")
         # Maven's own Java (the default JDK, 17) compiles for the node's Java 17 runtime.
-        result = subprocess.run(
-            [mvn, "-B", "-q", "package"], cwd=folder, capture_output=True, text=True, timeout=timeout_s,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                [mvn, "-B", "-q", "package"], cwd=folder, capture_output=True, text=True, timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise NodeError(f"mvn package in {folder} did not finish in {timeout_s:.0f} s") from None
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
             raise NodeError(f"mvn package failed in {folder}:\n{tail}")
@@ -107,10 +110,15 @@ class OpenSearchNode:
             "-cp", classpath, LAUNCHER_CLASS,
             "--data", str(self.data_dir / "node"), "--port", str(self.port), "--stdin-lifeline",
         ]
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            self.stop()
+            raise NodeError(f"cannot run {self.java!r} (Java 17 is needed): {exc}") from None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise NodeError(f"OpenSearch node exited ({self.proc.returncode}) while starting; see {self.log_path}")
             url = self._ready_url(start_at)
             if url is not None:

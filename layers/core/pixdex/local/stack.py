@@ -253,8 +253,10 @@ class LocalStack:
         os.environ.update(self.environment())
         s3, sqs, events = self.client("s3"), self.client("sqs"), self.client("events")
         mirror = ObjectMirror(self.data_dir / "s3", s3)
-        self._mirror = mirror
         self._provision(s3, sqs, events, mirror)
+        # Only now may stop() sync the mirror: before the restore it would delete every object not yet
+        # copied back into moto.
+        self._mirror = mirror
         self._reconcile(s3, sqs, mirror)
         for name, fn in self.spec.functions.items():
             if fn.queue is None:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,28 @@ from pixdex.local.poller import QueuePoller
 from pixdex.local.stack import LocalStack, UpOptions
 
 
+def attached_options(data_dir: Path, state: Mapping[str, Any], index_url: str | None = None) -> UpOptions:
+    """The options of the running stack whose state file (`stack.json`) says ``state``.
+
+    The worker's function gets the same settings as the stack's own (its index URL, the k-NN engine of
+    `--opensearch`, the PIXDEX_* settings given to `pixdex up`), not this process's environment.
+    """
+    port = int(str(state["aws_endpoint"]).rsplit(":", 1)[1])
+    return UpOptions(data_dir=data_dir, aws_port=port, index_url=index_url or state.get("index_url"),
+                     extra_env=dict(state.get("function_settings") or {}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pixdex.local.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the running stack's state folder")
     parser.add_argument("--function", required=True, help="compress | analyze | remove")
-    parser.add_argument("--index-url", default=None, help="the stack's --index-url, if it has one")
+    parser.add_argument("--index-url", default=None, help="an index URL other than the stack's own")
     parser.add_argument("--visibility-timeout", type=int, default=None)
     parser.add_argument("--log-level", default="INFO", help="for the handler's logs (one JSON line per object)")
     args = parser.parse_args(argv)
 
     state: dict[str, Any] = json.loads((args.data / "stack.json").read_text())
-    port = int(state["aws_endpoint"].rsplit(":", 1)[1])
-    stack = LocalStack(UpOptions(data_dir=args.data, aws_port=port, index_url=args.index_url))
+    stack = LocalStack(attached_options(args.data, state, args.index_url))
     fn = stack.spec.functions[args.function]
     if fn.queue is None:
         raise SystemExit(f"{args.function} has no queue")

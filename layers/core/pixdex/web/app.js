@@ -403,7 +403,7 @@ async function uploadFile(file) {
     while (Date.now() - started < POLL_LIMIT_MS) {
       await new Promise((r) => setTimeout(r, POLL_MS));
       let doc = null;
-      try { doc = await api(`/images/${slot.id}`); } catch (err) { if (err.status !== 404) throw err; }
+      try { doc = await api(`/images/${encodeURIComponent(slot.id)}`); } catch (err) { if (err.status !== 404) throw err; }
       const why = stageError(doc);
       if (why) {
         ui.set(`Could not process “${file.name}”: ${why}`, "error");
@@ -566,9 +566,15 @@ async function deleteCurrent() {
     await api(`/images/${encodeURIComponent(doc.id)}`, { method: "DELETE" });
     stateBox.textContent = "Deleting…";
     const started = Date.now();
-    while (Date.now() - started < POLL_LIMIT_MS) {
+    let gone = false;
+    while (!gone && Date.now() - started < POLL_LIMIT_MS) {
       await new Promise((r) => setTimeout(r, POLL_MS));
-      try { await api(`/images/${encodeURIComponent(doc.id)}`); } catch (err) { if (err.status === 404) break; throw err; }
+      try { await api(`/images/${encodeURIComponent(doc.id)}`); } catch (err) { if (err.status === 404) gone = true; else throw err; }
+    }
+    if (!gone) {
+      // The original is deleted; the remove function has not finished yet. Say so rather than claim it is done.
+      stateBox.textContent = "Deleted from the bucket; still being removed from the index. Search again in a moment.";
+      return;
     }
     closeDetail();
     document.querySelector(`.card[data-id="${CSS.escape(doc.id)}"]`)?.remove();
