@@ -24,7 +24,7 @@ from typing import Any, Final
 from PIL import Image
 
 from pixdex import imaging
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish
 from pixdex.bench.stats import machine_note
 from pixdex.settings import ImageLimits
 
@@ -120,10 +120,7 @@ def run(args: argparse.Namespace) -> int:
               "nothing; above 1: the whole overlaps work the parts do one after another).", "",
               f"Reproduce: `pixdex bench analyze-limit --images {args.images} --batch {args.batch}`.", ""]
     section = "\n".join(lines)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     return 0
 
 

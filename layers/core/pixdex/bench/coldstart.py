@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish
 from pixdex.bench.stats import machine_note
 
 SECTION: Final = "## cold start"
@@ -156,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             moto.stop()
     section = render(rows, args, machine)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     return 0
 
 

@@ -46,7 +46,7 @@ from PIL import Image, ImageOps
 from pixdex import derivatives as dv
 from pixdex import imaging
 from pixdex.bench.compress import pinned
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish
 from pixdex.bench.stats import QualityHit, fmt_ratio, machine_note, ratio, search_setting
 from pixdex.settings import DerivativeSettings, ImageLimits
 
@@ -437,10 +437,7 @@ def run(args: argparse.Namespace) -> int:
                 for engine in engines:
                     engine.close()
     section = render(results, {e.label: e.note for e in engines}, args, machine, pin, settings)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     return 0
 
 

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 import pixdex
 from pixdex import derivatives as dv
 from pixdex import imaging
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish
 from pixdex.bench.stats import cpu_model
 from pixdex.packages import package_dir
 from pixdex.settings import DerivativeSettings, ImageLimits
@@ -553,10 +553,7 @@ def run(args: argparse.Namespace) -> int:
                   f" baseline {result.baseline.wall:6.1f} ms", file=sys.stderr)
         sweep = effort_sweep(samples, settings, limits, args.repeat) if args.sweep else []
     section = render(results, sweep, args, pin, load)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     return 0
 
 

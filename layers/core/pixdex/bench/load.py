@@ -45,7 +45,7 @@ from typing import Any, Final
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish
 from pixdex.bench.stats import Latency, fmt_ratio, machine_note, ratio
 from pixdex.document import document_id
 
@@ -385,10 +385,7 @@ def run(args: argparse.Namespace) -> int:
         result["stack_errors"] = list(dict.fromkeys(result_log))[:8]
     result["populate_s"] = populate_s
     section = render(result, args, machine)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     errors = sum(not s.ok for s in result["idle"] + result["base"] + result["busy"])
     if errors or result["searchable"] != args.photos:
         print(f"FAILED: {errors} request errors, {result['searchable']} / {args.photos} photos searchable",

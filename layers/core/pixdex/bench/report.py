@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -18,3 +19,11 @@ def write_section(path: Path, heading: str, section: str) -> None:
                          *lines[end:]]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
+
+
+def publish(section: str, path: Path, heading: str, *, write: bool) -> None:
+    """Print a benchmark's section and, unless the run asked for print only, replace it in ``path``."""
+    print(section)
+    if write:
+        write_section(path, heading, section)
+        print(f"updated {path}", file=sys.stderr)

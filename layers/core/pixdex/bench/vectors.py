@@ -44,7 +44,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pixdex.bench.report import write_section
+from pixdex.bench.report import publish, write_section
 from pixdex.bench.stats import Latency, machine_note
 from pixdex.index.base import Filters, ImageIndex, SearchQuery, VectorQuery
 from pixdex.index.vectors import VectorStore
@@ -372,10 +372,7 @@ def run(args: argparse.Namespace) -> int:
                 write_section(args.output, SECTION, render(fields, args, machine, args.docs, populate_s))
         index.close()
     section = render(fields, args, machine, args.docs, populate_s)
-    print(section)
-    if args.write:
-        write_section(args.output, SECTION, section)
-        print(f"updated {args.output}", file=sys.stderr)
+    publish(section, args.output, SECTION, write=args.write)
     return 0
 
 
