@@ -70,6 +70,7 @@ def built_requests() -> list[tuple[str, rq.Request]]:
         ("add vector field", OS.add_vector_field(ALIAS, "clip_vector", 512, KNN)),
         ("get doc", rq.get_doc(ALIAS, "id/with spaces", excludes=rq.SOURCE_EXCLUDES)),
         ("get vectors", rq.get_doc(ALIAS, "x", includes=("image_vector", "caption_vector"))),
+        ("get vectors of many", rq.mget(ALIAS, ["a", "id/with spaces"], includes=("image_vector", "crop_vector"))),
         ("delete doc", rq.delete_doc(ALIAS, "x", "wait_for")),
         ("delete doc no refresh", rq.delete_doc(ALIAS, "x", None)),
         ("create pit", OS.create_pit(ALIAS, "2m")),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -9,12 +12,15 @@ import pytest
 from pixdex.errors import IndexMappingError, InvalidRequestError
 from pixdex.index import vectors
 from pixdex.index.vectors import (
+    SIMHASH_BITS,
     RowStore,
+    SimHash,
     VectorStore,
     decode_half,
     decode_vectors,
     encode_vector,
     half_dots,
+    hamming_bound,
     int8_dots,
     phash_to_int,
     popcount64,
@@ -279,4 +285,136 @@ def test_selective_filters_are_scored_exactly_in_the_two_stage_tier() -> None:
     np.testing.assert_allclose(sims, points.astype(np.float16)[rows].astype(np.float64) @ points[0], atol=2e-7)
     ok[:] = True
     rows, _ = store.candidates(points[0], ok, 10)
+    assert len(rows) == shortlist_size(10)
+
+
+def _binomial_tail(bits: int, p: float, h: int) -> float:
+    """P(Binomial(bits, p) >= h), summed with exact integer binomial coefficients."""
+    return float(sum(math.comb(bits, j) * p**j * (1 - p) ** (bits - j) for j in range(h, bits + 1)))
+
+
+@pytest.mark.parametrize("similarity", [0.0, 0.5, 0.69, 0.82, 0.95])
+def test_hamming_bound_is_the_binomial_quantile(similarity: float) -> None:
+    bound = hamming_bound(SIMHASH_BITS, similarity)
+    p = math.acos(similarity - 2e-3) / math.pi
+    assert _binomial_tail(SIMHASH_BITS, p, bound + 1) <= 1e-6 < _binomial_tail(SIMHASH_BITS, p, bound)
+
+
+def test_hamming_bound_shrinks_as_the_threshold_rises() -> None:
+    bounds = [hamming_bound(SIMHASH_BITS, s) for s in (-1.0, 0.0, 0.5, 0.69, 0.82, 0.95, 1.0, 1.5)]
+    assert bounds == sorted(bounds, reverse=True) and len(set(bounds[1:-1])) == 6
+    assert bounds[0] == SIMHASH_BITS  # nothing can be left out: the int8 path serves
+
+
+def test_simhash_distance_follows_the_angle_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs at angle theta differ in a fraction theta / pi of the bits (Charikar's SimHash), the same
+    count from simsimd and from numpy."""
+    rng = np.random.default_rng(11)
+    dim, pairs = 256, 400
+    hasher = SimHash(dim)
+    for cosine in (0.3, 0.69, 0.9):
+        a = rng.standard_normal((pairs, dim))
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b = rng.standard_normal((pairs, dim))
+        b -= (b * a).sum(axis=1, keepdims=True) * a
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        other = cosine * a + math.sqrt(1 - cosine**2) * b
+        codes_a, codes_b = hasher.encode(a), hasher.encode(other)
+        fast = np.array([hasher.distances(codes_b[i : i + 1], codes_a[i])[0] for i in range(pairs)])
+        monkeypatch.setattr(vectors, "_SIMSIMD", None)
+        slow = np.array([hasher.distances(codes_b[i : i + 1], codes_a[i])[0] for i in range(pairs)])
+        monkeypatch.undo()
+        np.testing.assert_array_equal(fast, slow)
+        assert abs(fast.mean() / SIMHASH_BITS - math.acos(cosine) / math.pi) < 0.01
+
+
+def _above(store: VectorStore, query: npt.NDArray[np.float32], ok: npt.NDArray[np.bool_],
+           threshold: float) -> set[int]:
+    rows, sims = store.candidates(query, ok, 50, threshold)
+    return set(store.rows.seqs[rows[sims >= np.float32(threshold)]].tolist())
+
+
+def test_threshold_search_finds_every_row_above_it_and_few_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SimHash path of the two-stage tier returns exactly the rows an exact scan puts at or above the
+    threshold (the benchmark's clustered vectors: cluster mates sit at cosine ~0.7), also after rows are
+    added, replaced and removed, without the int8 scan, and scores a small part of the rows."""
+
+    def no_scan(*_: object, **__: object) -> None:
+        raise AssertionError("a threshold search this selective must not run the int8 scan")
+
+    n, dim = 20_000, 256
+    points = clustered(n, dim, spread=0.6)
+    seqs = np.arange(1, n + 1, dtype=np.int64)
+    store = VectorStore(dim, exact_max_values=1)
+    store.load(seqs[:15_000], points[:15_000].astype(np.float16))
+    assert store.threshold_codes(wait=True) is not None
+    monkeypatch.setattr(vectors, "int8_dots", no_scan)
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.35 / math.sqrt(dim))
+
+    def truth(query: npt.NDArray[np.float32], threshold: float) -> set[int]:
+        live = store.rows.seqs[: store.rows.size]
+        sims = half_dots(store.rows.values[: store.rows.size], query)
+        return set(live[(live >= 0) & (sims >= np.float32(threshold))].tolist())
+
+    def check() -> None:
+        ok = store.rows.seqs[: store.rows.size] >= 0
+        for q in range(0, n, 997):
+            query = points[q] + noise[q]
+            query /= np.linalg.norm(query)
+            for threshold in (0.69, 0.82):
+                assert _above(store, query, ok, threshold) == truth(query, threshold)
+
+    check()
+    store.put(seqs[15_000:], points[15_000:].astype(np.float16))
+    store.put(seqs[:500], points[500:1000].astype(np.float16))  # replaced in place
+    store.remove(seqs[2000:2600])
+    check()
+    ok = store.rows.seqs[: store.rows.size] >= 0
+    rows, _ = store.candidates(points[3], ok, 50, 0.82)
+    assert len(rows) < store.rows.size // 20
+
+
+def test_codes_are_built_in_the_background_and_catch_up_with_puts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first threshold search starts the build and is answered by the int8 scan; rows put while the
+    build runs are encoded once it is done, so the codes never lag the rows."""
+    n, dim = 20_000, 128
+    points = clustered(n, dim, spread=0.6)
+    seqs = np.arange(1, n + 1, dtype=np.int64)
+    store = VectorStore(dim, exact_max_values=1)
+    store.load(seqs[:10_000], points[:10_000].astype(np.float16))
+    release = threading.Event()
+    encode = SimHash.encode
+
+    def slow_encode(self: SimHash, rows: npt.NDArray[np.float16]) -> npt.NDArray[np.uint8]:
+        if len(rows) > 1000:  # the build, not a put's few rows
+            assert release.wait(30)
+        return encode(self, rows)
+
+    monkeypatch.setattr(SimHash, "encode", slow_encode)
+    ok = np.ones(10_000, dtype=bool)
+    rows, _ = store.candidates(points[0], ok, 10, 0.69)
+    assert len(rows) == shortlist_size(10)  # the int8 path, while the codes are built
+    assert store.threshold_codes() is None
+    store.put(seqs[10_000:], points[10_000:].astype(np.float16))  # new rows during the build
+    store.put(seqs[:100], points[100:200].astype(np.float16))  # and rows changed under it
+    release.set()
+    codes = store.threshold_codes(wait=True)
+    assert codes is not None and codes.codes is not None
+    live = store.rows.live_rows()
+    np.testing.assert_array_equal(codes.codes[live], encode(codes.hasher, store.rows.values[live]))
+
+
+def test_threshold_search_honours_filters_and_falls_back_when_many_rows_pass() -> None:
+    n, dim = 20_000, 128
+    points = clustered(n, dim, spread=0.6)
+    store = VectorStore(dim, exact_max_values=1)
+    store.load(np.arange(1, n + 1, dtype=np.int64), points.astype(np.float16))
+    assert store.threshold_codes(wait=True) is not None
+    ok = np.ones(n, dtype=bool)
+    ok[1::2] = False
+    rows, _ = store.candidates(points[0], ok, 10, 0.69)
+    assert len(rows) and ok[rows].all()
+    # cosine 0 lets about half the rows through: the int8 scan's shortlist is cheaper than scoring them.
+    rows, _ = store.candidates(points[0], np.ones(n, dtype=bool), 10, 0.0)
     assert len(rows) == shortlist_size(10)

@@ -14,7 +14,9 @@ also compares crop vectors (now):
   each signal alone (pHash only is the old behaviour, the baseline) and for the fused rule;
 - query by image against an index of the originals only: how often a copy finds its original first,
   cosine ranking alone, copies-first with full vectors only, and copies-first with crop vectors;
-- what the crop vector adds to the models' part of analyze (ratio, same run).
+- what the crop vector adds to the models' part of analyze (ratio, same run);
+- the three vector searches of a duplicates query at library scale (pixdex.bench.threshold): the real
+  vectors among distractors, 100k rows per field, SimHash shortlist against the int8 scan and the truth.
 
 Only the models that the signals need run (classifier + image and crop vectors); captions and OCR take part
 only in the cost measurement.
@@ -37,6 +39,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from pixdex.bench import threshold
 from pixdex.bench.evalset import DEFAULT_DEB_ROOT, EvalSetMissingError, eval_photos
 from pixdex.bench.report import write_section
 from pixdex.bench.variants import Variant, standard_variants
@@ -46,7 +49,7 @@ from pixdex.events import ObjectEvent
 from pixdex.hashing import hamming
 from pixdex.index.base import Filters
 from pixdex.index.sqlite import SqliteIndex
-from pixdex.query import SearchRequest, SearchService
+from pixdex.query import DUPLICATE_CANDIDATES, SearchRequest, SearchService
 from pixdex.runtime import Runtime
 from pixdex.settings import Settings
 from pixdex.storage import FolderStore
@@ -403,7 +406,7 @@ def _configured_vs_picked(settings: Settings, picked: Picked) -> str:
 
 def render(corpus: Corpus, pairs: Pairs, crossed: Pairs, picked: Picked, picked_crossed: Picked,
            settings: Settings, rows: dict[str, Outcome], ranks: Ranks, cost: dict[str, dict[str, float]],
-           args: argparse.Namespace, elapsed_s: float) -> str:
+           scale: threshold.Scale | None, args: argparse.Namespace, elapsed_s: float) -> str:
     kinds = list(pairs.copy_sim)
     n_photos = len(corpus.photos)
     n_copies = sum(len(v) for v in pairs.copy_sim.values())
@@ -469,7 +472,8 @@ def render(corpus: Corpus, pairs: Pairs, crossed: Pairs, picked: Picked, picked_
                   f"with crop vectors (three k-NNs and a vector read per candidate) takes "
                   f"**{now_row.seconds / before_row.seconds:.2f}x** the time of the full-vectors rule (one k-NN; "
                   "the rows run one after another, so machine noise between them is in the ratio); "
-                  "the latency at 100k documents in docs/benchmarks.md predates the crop vectors."]
+                  "at this size every field is scored exactly. At 100k documents, see the at-scale section "
+                  "below and docs/benchmarks.md ('query: fused near duplicates and query by image')."]
     fused = rows.get(CONFIGURED)
     if fused is not None:
         lines += ["", "Which rule listed each true copy under the configured rule: " + ", ".join(
@@ -513,6 +517,8 @@ def render(corpus: Corpus, pairs: Pairs, crossed: Pairs, picked: Picked, picked_
             lines.append(f"| {label} | {int(c['images'])} x {int(c['rounds'])} | "
                          f"{c['without_s'] * 1000 / c['images']:.0f} ms/image | "
                          f"{c['with_s'] * 1000 / c['images']:.0f} ms/image | **{c['ratio']:.2f}x** |")
+    if scale is not None:
+        lines += ["", *threshold.render(scale)]
     lines += [
         "", "Reproduce: `pixdex bench duplicates` (the evaluation photos; `--photos DIR` takes a folder of "
         "different photos instead, `--same-scene A,B` declares two files shots of one scene, `--keep DIR` keeps "
@@ -561,6 +567,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the index in this folder, and reuse it when it holds the same photos")
     parser.add_argument("--no-cost", action="store_true", help="skip timing the crop vector's analyze cost")
+    parser.add_argument("--scale-rows", type=int, default=100_000,
+                        help="rows per field for the at-scale check of the duplicate searches (0: skip it)")
 
 
 BEFORE: Final = DuplicateRule(max_distance=10, min_similarity=0.82, joint_max_distance=20, joint_min_similarity=0.69,
@@ -616,7 +624,12 @@ def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, An
                 min_similarity=None, signals=every),
         }
         ranks = by_image_ranks(corpus, settings, before, workdir)
+        floor = service(settings).duplicate_rule().vector_floor
         runtime.index.close()
+    real = [d for d in corpus.docs if d.vector is not None and d.crop is not None]
+    scale = threshold.run(np.stack([d.vector for d in real]), np.stack([d.crop for d in real]),  # type: ignore[misc]
+                          rows=args.scale_rows, floor=floor,
+                          k=DUPLICATE_CANDIDATES) if args.scale_rows > 0 and real else None
     cost = {} if args.no_cost else {
         "classifier + image vector (the duplicate signals)": analyze_cost(photos),
         "default models (classifier, captions, OCR, safety)": analyze_cost(photos, images=8, rounds=2,
@@ -624,7 +637,7 @@ def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, An
     }
     elapsed = time.perf_counter() - t0
     write_section(args.output, SECTION, render(corpus, pairs, crossed, picked, picked_crossed, settings, rows,
-                                               ranks, cost, args, elapsed))
+                                               ranks, cost, scale, args, elapsed))
     return {
         "photos": len(corpus.photos), "copies": len(corpus.docs) - len(corpus.photos),
         "picked_full": picked.__dict__, "picked_crossed": picked_crossed.__dict__,
@@ -636,6 +649,9 @@ def run_photos(photos: Sequence[Path], args: argparse.Namespace) -> dict[str, An
             "copies_first": float(np.mean([r == 1 for v in ranks.copies_first.values() for r in v])),
         },
         "analyze_cost": cost,
+        "scale": None if scale is None else {name: {"true": f.true_rows, "missed_int8": f.missed_int8,
+                                                   "missed_simhash": f.missed_simhash}
+                                            for name, f in scale.searches.items()},
     }
 
 

@@ -370,6 +370,11 @@ def get_doc(index: str, doc_id: str, *, includes: Sequence[str] = (), excludes: 
     return Request("GET", "/{index}/_doc/{id}", {"index": index, "id": doc_id}, params=params)
 
 
+def mget(index: str, doc_ids: Sequence[str], *, includes: Sequence[str] = ()) -> Request:
+    params = {"_source_includes": ",".join(includes)} if includes else {}
+    return Request("POST", "/{index}/_mget", {"index": index}, params=params, body={"ids": list(doc_ids)})
+
+
 def delete_doc(index: str, doc_id: str, refresh: str | None) -> Request:
     params = {"refresh": refresh} if refresh else {}
     return Request("DELETE", "/{index}/_doc/{id}", {"index": index, "id": doc_id}, params=params)

@@ -232,6 +232,14 @@ class _VectorCache:
     gen: int = -1
 
 
+def _search_tier(store: VectorStore) -> str:
+    if not store.two_stage:
+        return "exact"
+    codes = {"ready": "; threshold searches: SimHash shortlist + exact rerank",
+             "building": "; threshold searches: SimHash codes being built"}.get(store.codes_state, "")
+    return "int8 scan + exact rerank" + codes
+
+
 class SqliteIndex:
     """:class:`pixdex.index.base.ImageIndex` on one SQLite file. Call :meth:`ensure` once before use.
 
@@ -505,13 +513,19 @@ class SqliteIndex:
             "schema_version": version,
             "documents": int(docs),
             "vectors": {name: {"count": int(counts.get(name, 0)), "dim": int(dim)} for name, dim in dims.items()},
-            "vector_search": {
-                name: "int8 scan + exact rerank" if s.two_stage else "exact" for name, s in stores.items()
-            },
+            "vector_search": {name: _search_tier(s) for name, s in stores.items()},
             "file_bytes": file_bytes,
             "memory_bytes": sum(s.nbytes for s in stores.values()) + self._docs.nbytes + self._postings.nbytes,
             "generation": gen,
         }
+
+    def finish_background_work(self) -> None:
+        """Blocks until the SimHash codes that threshold searches started building are ready: benchmarks
+        measure the steady state, not the first seconds after a load."""
+        with self._lock:
+            for cache in self._vectors.values():
+                if cache.store is not None and cache.store.codes_state == "building":
+                    cache.store.threshold_codes(wait=True)
 
     def _vector_count(self, conn: sqlite3.Connection, name: str) -> int:
         """Stored vectors of a field: from the in-memory copy when this handle searches the field (counting
@@ -723,7 +737,7 @@ class SqliteIndex:
         row_seqs = store.rows.seqs[: store.rows.size]
         # Free rows hold seq -1; every stored seq has its document's columns (same generation).
         ok = np.take(allowed, row_seqs, mode="clip") & (row_seqs >= 0) & (row_seqs < docs.capacity)
-        rows, sims = store.candidates(query_vec, ok, vq.k)
+        rows, sims = store.candidates(query_vec, ok, vq.k, vq.min_similarity)
         seqs = row_seqs[rows]
         if vq.min_similarity is not None:
             strong = sims >= np.float32(vq.min_similarity)
