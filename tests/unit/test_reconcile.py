@@ -24,3 +24,9 @@ def test_events_parse_like_eventbridge_ones() -> None:
         ("created", "b", "a b+c.jpg", "e1", 3, "2024-01-02T03:04:05Z")]
     (removed,) = parse_message(json.dumps(object_event("Object Deleted", "b", "k")))
     assert (removed.kind, removed.key) == ("removed", "k")
+
+
+def test_events_carry_the_stacks_region() -> None:
+    event = object_event("Object Created", "b", "k", region="eu-west-1")
+    assert event["region"] == "eu-west-1" and event["resources"] == ["arn:aws:s3:::b"]
+    assert object_event("Object Deleted", "b", "k")["region"] == "us-east-1"  # the local stack's default

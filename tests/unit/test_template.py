@@ -858,6 +858,13 @@ def test_distribution_serves_the_site_over_https_with_config_from_a_function(tem
     csp = props(template, "SiteHeadersPolicy")["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"][
         "ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
     assert "script-src 'self'" in csp and "cognito-idp" in csp
+    # No wildcard host: only the API, Cognito and the two buckets, by name.
+    assert "*" not in csp
+    img = next(d for d in csp.split(";") if d.strip().startswith("img-src"))
+    connect = next(d for d in csp.split(";") if d.strip().startswith("connect-src"))
+    assert "https://${DerivativesBucket}.s3.${AWS::URLSuffix}" in img.split()
+    assert "https://${OriginalsBucket}.s3.${AWS::URLSuffix}" in connect.split()
+    assert "DerivativesBucket" not in connect
 
 
 def test_originals_bucket_lets_the_page_upload(template: dict[str, Any]) -> None:

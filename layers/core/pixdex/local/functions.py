@@ -10,7 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pixdex.local.template import FunctionSpec
+from pixdex.local.template import LOCAL_ACCOUNT_ID, FunctionSpec
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -21,7 +21,7 @@ class LocalContext(LambdaContext):
     def __init__(self, function_name: str, memory_limit_in_mb: int = 1024) -> None:
         self._function_name = function_name
         self._function_version = "$LATEST"
-        self._invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self._invoked_function_arn = f"arn:aws:lambda:us-east-1:{LOCAL_ACCOUNT_ID}:function:{function_name}"
         self._memory_limit_in_mb = memory_limit_in_mb
         self._aws_request_id = str(uuid.uuid4())
         self._log_group_name = f"/aws/lambda/{function_name}"

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pixdex.local.functions import Handler, LocalContext
+from pixdex.local.template import LOCAL_ACCOUNT_ID
 from pixdex.site import StaticSite
 
 log = logging.getLogger("pixdex.local.gateway")
@@ -58,7 +59,7 @@ def build_event(*, method: str, raw_path: str, raw_query: str, headers: dict[str
         "rawQueryString": raw_query,
         "headers": headers,
         "requestContext": {
-            "accountId": "123456789012",
+            "accountId": LOCAL_ACCOUNT_ID,
             "apiId": "local",
             "domainName": domain,
             "domainPrefix": domain.split(".")[0],

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pixdex.document import document_id
 from pixdex.index.base import Filters, ImageIndex, SearchQuery
+from pixdex.local.template import LOCAL_ACCOUNT_ID
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -40,7 +41,8 @@ class ReconcileReport:
 
 
 def object_event(detail_type: str, bucket: str, key: str, *, etag: str | None = None,
-                 size: int | None = None, time: str | None = None) -> dict[str, Any]:
+                 size: int | None = None, time: str | None = None, region: str = "us-east-1",
+                 account: str = LOCAL_ACCOUNT_ID) -> dict[str, Any]:
     """An S3 event as EventBridge delivers it to SQS (``time``: when the object was written)."""
     obj: dict[str, Any] = {"key": key}
     if etag is not None:
@@ -49,9 +51,9 @@ def object_event(detail_type: str, bucket: str, key: str, *, etag: str | None = 
         obj["size"] = size
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": "aws.s3",
-        "account": "123456789012",
+        "account": account,
         "time": time or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": "us-east-1", "resources": [f"arn:aws:s3:::{bucket}"],
+        "region": region, "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {"version": "0", "bucket": {"name": bucket}, "object": obj, "reason": "PixdexReconcile"},
     }
 
@@ -68,7 +70,8 @@ def needs(state: Any, etag: str) -> bool:
 
 
 def reconcile(s3: S3Client, sqs: SQSClient, index: ImageIndex, *, bucket: str, queues: Mapping[str, str],
-              written_at: Callable[[str], str | None] = lambda _key: None) -> ReconcileReport:
+              written_at: Callable[[str], str | None] = lambda _key: None,
+              region: str = "us-east-1") -> ReconcileReport:
     """Compare the originals bucket with the index and queue what is missing (``queues``: stage -> URL).
 
     ``written_at(key)``: when the object was first written, if known (restored objects carry their restore
@@ -84,12 +87,13 @@ def reconcile(s3: S3Client, sqs: SQSClient, index: ImageIndex, *, bucket: str, q
                 if needs(doc.get(f"{stage}_state"), live[obj["Key"]]):
                     when = written_at(obj["Key"]) or obj["LastModified"].isoformat()
                     _send(sqs, queues[stage], object_event("Object Created", bucket, obj["Key"],
-                                                           etag=live[obj["Key"]], size=obj.get("Size"), time=when))
+                                                           etag=live[obj["Key"]], size=obj.get("Size"), time=when,
+                                                           region=region))
                     report.enqueued[stage] += 1
     for key in _indexed_keys(index, bucket):
         report.documents += 1
         if key not in live:
-            _send(sqs, queues["remove"], object_event("Object Deleted", bucket, key))
+            _send(sqs, queues["remove"], object_event("Object Deleted", bucket, key, region=region))
             report.enqueued["remove"] += 1
     return report
 

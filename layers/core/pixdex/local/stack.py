@@ -305,7 +305,8 @@ class LocalStack:
             index = open_index(self.settings())
             try:
                 self.reconciled = reconcile(s3, sqs, index, bucket=self.originals_bucket, queues=queues,
-                                            written_at=lambda key: mirror.written_at(self.originals_bucket, key))
+                                            written_at=lambda key: mirror.written_at(self.originals_bucket, key),
+                                            region=self.options.region)
             finally:
                 index.close()
         except PixdexError as exc:
