@@ -37,7 +37,7 @@ def test_the_benchmark_runs_the_pipeline_and_writes_its_section(tmp_path: Path) 
     output = tmp_path / "quality.md"
     output.write_text("# Model quality\n\n## Other section\n\nkept\n")
     args = argparse.Namespace(photos=tmp_path, same_scene=[], output=output, photos_note="test", keep=None,
-                              no_cost=True)
+                              no_cost=True, scale_rows=5000)
     result = run_photos(photos, args)
     assert result["photos"] == 3 and result["copies"] == 3 * 27
     # Fused never does worse than the pHash baseline it includes, and these three photos look nothing alike.
@@ -52,6 +52,12 @@ def test_the_benchmark_runs_the_pipeline_and_writes_its_section(tmp_path: Path) 
     assert "## Other section\n\nkept" in text
     assert "## Near duplicates and query by image (fused signals)" in text and f"| {CONFIGURED} |" in text
     assert "copies first, full + crop vectors (now)" in text
+    # At scale (the real vectors among mixtures of them, two-stage tier), the SimHash shortlist keeps every
+    # row the exact scan finds at the floor.
+    scale = result["scale"]
+    assert set(scale) == {"full against image vectors", "full against crop vectors", "crop against image vectors"}
+    assert all(s["true"] > 0 and s["missed_simhash"] == 0 for s in scale.values())
+    assert "### The duplicate searches at library scale (SimHash shortlist)" in text
 
 
 def test_the_crop_vector_cost_is_timed_both_ways(tmp_path: Path) -> None:

@@ -89,9 +89,8 @@ def _bucket_names(events: dict[str, dict[str, Any]]) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     import boto3
 
-    from pixdex.local.stack import LOCAL_CREDENTIALS, MotoServer, free_port
+    from pixdex.local.stack import LOCAL_CREDENTIALS, MotoServer, free_port, function_environment
     from pixdex.packages import package_dir
-    from pixdex.settings import Settings
 
     machine = machine_note()
     events = {name: json.loads((REPO / "events" / file).read_text()) for name, file in FUNCTIONS}
@@ -116,14 +115,9 @@ def run(args: argparse.Namespace) -> int:
             for r in range(args.repeat):
                 data_dir = root / f"run{r}"
                 data_dir.mkdir()
-                env = {**os.environ, **Settings(data_dir=data_dir).to_env(),
-                       "PIXDEX_ORIGINALS_BUCKET": originals, "PIXDEX_DERIVATIVES_BUCKET": derivatives,
-                       "PIXDEX_INDEX_URL": f"sqlite:///{data_dir / 'index.db'}", "AWS_ENDPOINT_URL": moto.url,
-                       "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-                       "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-                       "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
-                       "POWERTOOLS_METRICS_NAMESPACE": "pixdex", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+                env = {**os.environ, **function_environment(
+                    data_dir=data_dir, originals_bucket=originals, derivatives_bucket=derivatives,
+                    aws_endpoint=moto.url, region="us-east-1")}
                 put = s3.put_object(Bucket=originals, Key=key, Body=photo.read_bytes())
                 etag = str(put["ETag"]).strip('"')
                 for name, _file in FUNCTIONS:

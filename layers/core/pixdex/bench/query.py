@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ import numpy.typing as npt
 
 from pixdex.api import create_app
 from pixdex.bench.report import write_section
+from pixdex.bench.stats import percentile
 from pixdex.document import document_id
 from pixdex.index.base import Filters, ImageIndex, SearchQuery, VectorQuery
 from pixdex.local.functions import LocalContext
@@ -152,12 +152,6 @@ def _near(group_hash: int, rng: np.random.Generator) -> str:
     return f"{group_hash ^ (1 << int(rng.integers(0, 64))):016x}"
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return statistics.median(ordered), p95
-
-
 def _event(path: str, query: dict[str, str], body: dict[str, Any] | None = None) -> dict[str, Any]:
     event: dict[str, Any] = {
         "version": "2.0", "routeKey": "$default", "rawPath": path,
@@ -241,7 +235,7 @@ def run_size(n: int, queries: int, embedder: Any, workdir: Path, index_url: str 
             calls[i]()
             samples[name].append((time.perf_counter() - t) * 1000)
     for name in kinds:
-        p50, p95 = _percentiles(samples[name])
+        p50, p95 = percentile(samples[name], 50), percentile(samples[name], 95)
         results[name] = {"p50": p50, "p95": p95}
     results["_recall"] = _recall(index, corpus, rng, None)
     results["_recall_jpeg"] = _recall(index, corpus, rng, "jpeg")

@@ -130,7 +130,7 @@ def _ms(values: Sequence[float], q: float) -> str:
 def render(scale: Scale) -> list[str]:
     bound = hamming_bound(SIMHASH_BITS, scale.floor)
     lines = [
-        "### The duplicate searches at 100k rows (SimHash shortlist)", "",
+        "### The duplicate searches at library scale (SimHash shortlist)", "",
         f"The real image and crop vectors above ({scale.real} images) among mixtures of them, {scale.rows:,} rows per "
         f"field in the index's two-stage tier (`pixdex/bench/threshold.py`), the three searches of a duplicates query "
         f"at the rule's vector floor ({scale.floor:g}, top {scale.k}) from {scale.queries} of the real images. Truth: "

@@ -174,6 +174,27 @@ class ObjectMirror:
                        content_type=obj.get("ContentType") or "binary/octet-stream")
 
 
+def function_environment(*, data_dir: Path, originals_bucket: str, derivatives_bucket: str, aws_endpoint: str,
+                         region: str, index_url: str | None = None) -> dict[str, str]:
+    """A function's environment against local parts (moto at ``aws_endpoint``, the index in ``data_dir``
+    unless ``index_url``): what the local stack and the cold-start benchmark give their functions."""
+    return {
+        **Settings(data_dir=data_dir).to_env(),
+        env_names.ORIGINALS_BUCKET: originals_bucket,
+        env_names.DERIVATIVES_BUCKET: derivatives_bucket,
+        env_names.INDEX_URL: index_url or f"sqlite:///{data_dir / 'index.db'}",
+        env_names.AWS_ENDPOINT_URL: aws_endpoint,
+        env_names.AWS_REGION: region,
+        env_names.AWS_DEFAULT_REGION: region,
+        "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+        "POWERTOOLS_METRICS_NAMESPACE": "pixdex",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
+
+
 class LocalStack:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
@@ -218,22 +239,9 @@ class LocalStack:
 
     def environment(self) -> dict[str, str]:
         """The functions' environment, as template.yaml would set it in AWS, pointed at the local parts."""
-        base = Settings(data_dir=self.data_dir)
-        env = {
-            **base.to_env(),
-            "PIXDEX_ORIGINALS_BUCKET": self.originals_bucket,
-            "PIXDEX_DERIVATIVES_BUCKET": self.derivatives_bucket,
-            "PIXDEX_INDEX_URL": self.options.index_url or f"sqlite:///{self.data_dir / 'index.db'}",
-            "AWS_ENDPOINT_URL": self.aws_endpoint,
-            "AWS_REGION": self.options.region,
-            "AWS_DEFAULT_REGION": self.options.region,
-            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-            "POWERTOOLS_METRICS_NAMESPACE": "pixdex",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        }
+        env = function_environment(data_dir=self.data_dir, originals_bucket=self.originals_bucket,
+                                   derivatives_bucket=self.derivatives_bucket, aws_endpoint=self.aws_endpoint,
+                                   region=self.options.region, index_url=self.options.index_url)
         env.update(self.options.extra_env)
         return env
 
