@@ -112,6 +112,10 @@ def built_requests() -> list[tuple[str, rq.Request]]:
             out.append((f"knn {i} {version}", OS.knn_search(
                 ALIAS, field_name="caption_vector", vector=[0.5] * 384, k=15,
                 filter_query=rq.bool_query(f, extra_filters=[rq.pin_clause(1)]), knn=KNN, version=version)))
+        out.append((f"knn ranked on doc values {i}", OS.knn_search(
+            ALIAS, field_name="image_vector", vector=[0.5] * 1280, k=1000,
+            filter_query=rq.bool_query(f, extra_filters=[rq.pin_clause(1)]), knn=KNN, version=V217,
+            source=False, docvalue_fields=rq.RANKING_FIELDS)))
         out.append((f"hamming {i}", OS.hamming_search(
             ALIAS, phash="0f0f0f0f0f0f0f0f", k=40,
             filter_query=rq.bool_query(f, extra_filters=[rq.exists_query("phash")]), version=V217)))
@@ -412,3 +416,13 @@ def test_the_knn_engine_is_a_setting_of_every_vector_field() -> None:
     assert KnnSettings().engine == "faiss"  # AWS domains keep faiss
     with pytest.raises(ValueError, match="engine"):
         KnnSettings(engine="nmslib-typo")
+
+
+def test_ranking_docs_read_doc_values_back_as_document_fields() -> None:
+    doc = rq.ranking_doc({"labels.keyword": ["animal", "cat"], "format": ["jpeg"],
+                          "uploaded_at": ["1700000000123"], "taken_at": ["-86400000"]})
+    assert doc == {"labels": ["animal", "cat"], "format": "jpeg", "uploaded_at": "2023-11-14T22:13:20.123000Z",
+                   "taken_at": "1969-12-31T00:00:00Z"}
+    assert rq.ranking_doc({}) == {}
+    assert rq.docvalue_request(("format", "uploaded_at")) == [
+        {"field": "format"}, {"field": "uploaded_at", "format": "epoch_millis"}]

@@ -701,6 +701,32 @@ def test_knn_k_bounds_the_result_set(index: ImageIndex) -> None:
     assert sum(b.count for b in result.facets["format"]) == 7
 
 
+@pytest.mark.parametrize("sort", ["relevance", "newest", "oldest"])
+def test_deep_knn_pages_hold_whole_documents_and_facet_like_one_page(index: ImageIndex, sort: str) -> None:
+    """k far above the page size (semantic and similar ask for 1000 hits to show 20): paging through the
+    hits gives the documents, order, total and facets of asking for every hit at once (a cluster ranks such
+    searches on doc values and reads only each page's documents)."""
+    ids, docs = vector_corpus(index, 60, seed=12)
+    for i, doc_id in enumerate(ids):
+        docs[doc_id]["uploaded_at"] = f"{2019 + i % 4}-03-0{1 + i % 7}T08:{i % 60:02d}:00Z"
+        if i % 3 == 0:
+            docs[doc_id]["taken_at"] = f"{2010 + i % 5}-07-01T12:00:00+02:00"
+        docs[doc_id]["key"] = f"photos/{doc_id}.jpg"
+    load(index, docs)
+    probe = unit(np.random.default_rng(13))
+    facets = ("labels", "format", "year")
+    deep = SearchQuery(vector=VectorQuery("caption_vector", probe, k=40), size=4, sort=sort, facets=facets)  # type: ignore[arg-type]
+    whole = index.search(dataclasses.replace(deep, size=40))
+    first = index.search(deep)
+    assert first.total == whole.total == 40
+    assert first.facets == whole.facets
+    assert sum(b.count for b in first.facets["format"]) == 40
+    assert all_pages(index, deep) == iter_ids(whole.hits)
+    for hit in first.hits:
+        assert hit.doc["key"] == f"photos/{hit.id}.jpg" and hit.doc["labels"] == docs[hit.id]["labels"]
+        assert "caption_vector" not in hit.doc
+
+
 def test_knn_on_an_empty_field_finds_nothing(index: ImageIndex) -> None:
     load(index)
     result = index.search(SearchQuery(vector=VectorQuery("caption_vector", unit(np.random.default_rng(1)))))

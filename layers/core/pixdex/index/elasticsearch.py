@@ -93,6 +93,7 @@ class ElasticsearchDialect(rq.OpenSearchDialect):
         knn: KnnSettings,
         version: rq.ClusterVersion | None,
         source: bool | list[str] = True,
+        docvalue_fields: Sequence[str] = (),
     ) -> rq.Request:
         """The ``knn`` search option; its filter is applied during the graph search (pre-filtering)."""
         clause = {
@@ -104,6 +105,8 @@ class ElasticsearchDialect(rq.OpenSearchDialect):
         }
         body: dict[str, Any] = {"knn": clause, "size": k}
         body["_source"] = {"excludes": list(rq.SOURCE_EXCLUDES)} if source is True else source
+        if docvalue_fields:
+            body["docvalue_fields"] = rq.docvalue_request(docvalue_fields)
         return rq.Request("POST", "/{index}/_search", {"index": index}, body=body)
 
     def hamming_search(

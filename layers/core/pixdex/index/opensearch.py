@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlparse
@@ -90,6 +90,8 @@ MGET_CHUNK: Final = 500
 # Sort key of documents without uploaded_at in vector results: last when newest first.
 UNDATED_MS: Final = -(2**62)
 MAX_KNN_K: Final = 10_000
+# A k-NN search asking for more than this many times its page size ranks on doc values (see _knn).
+RANK_ON_DOC_VALUES_FACTOR: Final = 4
 HIGHLIGHT_PRE: Final = "<mark>"
 HIGHLIGHT_POST: Final = "</mark>"
 
@@ -893,6 +895,9 @@ class ClusterIndex:
                 field="vector", expected=dim, got=int(vector.size),
             )
         filter_query = rq.bool_query(q.filters, extra_filters=[rq.pin_clause(pin.created_ms)])
+        # Many hits for one page (semantic and similar rank 1000 for totals and facets): rank them on doc
+        # values and read only the page's documents, instead of 1000 stored documents per search.
+        by_values = vq.k > RANK_ON_DOC_VALUES_FACTOR * q.size
         request = self.dialect.knn_search(
             self.alias,
             field_name=vq.field,
@@ -901,6 +906,8 @@ class ClusterIndex:
             filter_query=filter_query,
             knn=self.knn,
             version=self.version,
+            source=not by_values,
+            docvalue_fields=rq.RANKING_FIELDS if by_values else (),
         )
         raw_hits = self.client.call(request).body["hits"]["hits"][: vq.k]
         ranked: list[_Ranked] = []
@@ -908,7 +915,7 @@ class ClusterIndex:
             similarity = self.dialect.cosine(float(h["_score"]), self.knn)
             if vq.min_similarity is not None and similarity < vq.min_similarity:
                 continue
-            doc = strip_internal(h.get("_source") or {})
+            doc = rq.ranking_doc(h.get("fields") or {}) if by_values else strip_internal(h.get("_source") or {})
             ranked.append(_Ranked(similarity, str(h["_id"]), doc, _upload_ms(doc)))
         if q.sort == "relevance":
             ranked.sort(key=lambda r: (-r.score, r.id))
@@ -923,6 +930,10 @@ class ClusterIndex:
                 (last.score, last.id) if q.sort == "relevance" else (last.sort_ms, last.id)
             )
             next_cursor = encode_cursor(Cursor(shape, after, pin.encode()))
+        if by_values and page:
+            stored = self._docs([r.id for r in page])
+            # A document deleted since the ranking drops out of its page, as on the embedded index.
+            page = [replace(r, doc=stored[r.id]) for r in page if r.id in stored]
         hits = [Hit(id=r.id, score=r.score, source="vector", doc=r.doc) for r in page]
         facets = facets_from_docs([r.doc for r in ranked], q.facets, q.facet_size)
         return SearchResult(hits=hits, total=len(ranked), facets=facets, next_cursor=next_cursor)
