@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from pixdex.document import document_id
+from pixdex.local.processes import stop_process
 from pixdex.local.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,12 +111,7 @@ def _drain(proc: subprocess.Popen[str], into: list[str]) -> None:
 
 
 def stop_stack(stack: RunningStack) -> str:
-    stack.proc.send_signal(signal.SIGINT)
-    try:
-        stack.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        stack.proc.kill()
-        stack.proc.wait()
+    stop_process(stack.proc, ask=lambda: stack.proc.send_signal(signal.SIGINT), wait_s=30)
     if stack.drain is not None:
         stack.drain.join(timeout=10)
     return "".join(stack.output)

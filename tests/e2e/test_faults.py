@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pixdex.document import document_id
+from pixdex.local.processes import stop_process
 from pixdex.local.reconcile import object_event
 from tests import imagegen
 from tests.e2e.conftest import REPO, RunningStack, start_stack, stop_stack
@@ -135,12 +136,7 @@ def workers() -> Iterator[list[subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
     yield procs
     for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_process(p, wait_s=20)
 
 
 def test_poller_killed_mid_batch_and_two_pollers(stack: RunningStack, workers: list[subprocess.Popen[str]]) -> None:

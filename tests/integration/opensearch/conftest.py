@@ -40,6 +40,7 @@ from pixdex.index.opensearch import (
     connect,
 )
 from pixdex.index.requests import ClusterVersion, OpenSearchDialect
+from pixdex.local.processes import stop_process
 from tests.opensearch_spec import SKIP_REASON, SPEC_ROOT, OpenSearchSpec, SpecError, load_spec
 
 STARTUP_TIMEOUT_S = 30.0
@@ -135,12 +136,7 @@ def noida(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
         yield Emulator("noida", url, "elasticsearch")
     finally:
         close_connections()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -48,6 +48,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from pixdex.bench.report import publish
 from pixdex.bench.stats import Latency, fmt_ratio, machine_note, ratio
 from pixdex.document import document_id
+from pixdex.local.processes import stop_process
 
 SECTION: Final = "## load"
 DEFAULT_OUTPUT: Final = Path("docs/benchmarks.md")
@@ -117,12 +118,7 @@ def start_stack(data_dir: Path, timeout: float = 180.0) -> Stack:
 
 
 def stop_stack(stack: Stack) -> None:
-    stack.proc.send_signal(signal.SIGINT)
-    try:
-        stack.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        stack.proc.kill()
-        stack.proc.wait()
+    stop_process(stack.proc, ask=lambda: stack.proc.send_signal(signal.SIGINT), wait_s=60)
 
 
 def get(api: str, path: str, timeout: float = 30.0) -> tuple[int, Any]:

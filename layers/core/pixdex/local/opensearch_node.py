@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Final
 
+from pixdex.local.processes import stop_process
+
 READY_PREFIX: Final = "PIXDEX_OPENSEARCH_URL "
 LAUNCHER_CLASS: Final = "dev.pixdex.opensearchnode.Launcher"
 # A 2-core, shared development machine: a bounded heap leaves room for the models and the tests.
@@ -160,18 +162,10 @@ class OpenSearchNode:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            if proc.stdin is not None:
-                proc.stdin.close()  # the lifeline: the node closes itself
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        if proc is not None:
+            stdin = proc.stdin
+            # Closing the lifeline makes the node close itself.
+            stop_process(proc, ask=stdin.close if stdin is not None else None, wait_s=timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None

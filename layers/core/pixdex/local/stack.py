@@ -24,6 +24,7 @@ from pixdex.errors import PixdexError
 from pixdex.local.functions import load_handler
 from pixdex.local.gateway import Gateway
 from pixdex.local.poller import QueuePoller
+from pixdex.local.processes import stop_process
 from pixdex.local.reconcile import ReconcileReport
 from pixdex.local.template import StackSpec, read_stack
 from pixdex.settings import Settings
@@ -112,12 +113,8 @@ class MotoServer:
         raise RuntimeError(f"moto server did not start on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 class ObjectMirror:
