@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from pixdex.document import document_id
-from pixdex.local.processes import stop_process
-from pixdex.local.stack import free_port
+from pixdex.local.launch import UpProcess, launch
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class RunningStack:
-    api: str
-    aws_endpoint: str
-    originals_bucket: str
-    derivatives_bucket: str
-    data_dir: Path
-    proc: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-    drain: threading.Thread | None = None
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name="us-east-1",
-                            aws_access_key_id="anything", aws_secret_access_key="anything")
+class RunningStack(UpProcess):
+    """``pixdex up`` as the tests drive it: HTTP calls to its API and waits on what it processed."""
 
     def get(self, path: str) -> tuple[int, Any]:
         try:
@@ -76,45 +58,12 @@ class RunningStack:
 
 def start_stack(data_dir: Path, *extra: str, env_extra: dict[str, str] | None = None,
                 startup_s: float = 120.0) -> RunningStack:
-    api_port, aws_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
-         "--aws-port", str(aws_port), "--max-receive-count", "2", *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    lines: dict[str, str] = {}
-    deadline = time.monotonic() + startup_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline and "API" not in lines:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"pixdex up exited early: {proc.wait()}")
-        for prefix in ("AWS endpoint ", "originals bucket ", "derivatives bucket ", "API "):
-            if line.startswith(prefix):
-                lines[prefix.strip()] = line[len(prefix):].strip()
-    assert "API" in lines, "pixdex up did not print its API line"
-    running = RunningStack(api=lines["API"], aws_endpoint=lines["AWS endpoint"],
-                           originals_bucket=lines["originals bucket"],
-                           derivatives_bucket=lines["derivatives bucket"], data_dir=data_dir, proc=proc)
-    # The stack logs every failed object to stdout: an undrained pipe fills (64 KB) and blocks its threads.
-    running.output = []
-    running.drain = threading.Thread(target=_drain, args=(proc, running.output), daemon=True)
-    running.drain.start()
-    return running
-
-
-def _drain(proc: subprocess.Popen[str], into: list[str]) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        into.append(line)
+    up = launch(data_dir, "--max-receive-count", "2", *extra, env=env_extra, startup_s=startup_s, cwd=REPO)
+    return RunningStack(**vars(up))
 
 
 def stop_stack(stack: RunningStack) -> str:
-    stop_process(stack.proc, ask=lambda: stack.proc.send_signal(signal.SIGINT), wait_s=30)
-    if stack.drain is not None:
-        stack.drain.join(timeout=10)
-    return "".join(stack.output)
+    return stack.stop(timeout_s=30)
 
 
 @pytest.fixture

@@ -27,8 +27,6 @@ import argparse
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +36,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,7 +46,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from pixdex.bench.report import publish
 from pixdex.bench.stats import Latency, fmt_ratio, machine_note, ratio
 from pixdex.document import document_id
-from pixdex.local.processes import stop_process
+from pixdex.local.launch import UpProcess, launch
 
 SECTION: Final = "## load"
 DEFAULT_OUTPUT: Final = Path("docs/benchmarks.md")
@@ -57,68 +55,12 @@ _SAMPLES: Final = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "
                    "camera.png", "horse.png", "brick.png", "hubble_deep_field.jpg", "retina.jpg")
 
 
-def free_port() -> int:
-    from pixdex.local.stack import free_port as port
-
-    return port()
-
-
 # ------------------------------------------------------------------------------------------------------
 # The stack
 
 
-@dataclass
-class Stack:
-    api: str
-    aws_endpoint: str
-    originals_bucket: str
-    proc: subprocess.Popen[str]
-    log: list[str] = field(default_factory=list)
-
-    def client(self, service: str) -> Any:
-        import boto3
-
-        from pixdex.local.stack import LOCAL_CREDENTIALS
-
-        factory: Any = boto3.client  # the stubs type only literal service names
-        return factory(service, endpoint_url=self.aws_endpoint, region_name="us-east-1",
-                            aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
-                            aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"])
-
-
-def start_stack(data_dir: Path, timeout: float = 180.0) -> Stack:
-    api_port, aws_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
-         "--aws-port", str(aws_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    found: dict[str, str] = {}
-    log: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline and "API" not in found:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"pixdex up exited with {proc.wait()}:\n{''.join(log[-30:])}")
-        log.append(line)
-        for prefix in ("AWS endpoint ", "originals bucket ", "API "):
-            if line.startswith(prefix):
-                found[prefix.strip()] = line[len(prefix):].strip()
-    if "API" not in found:
-        proc.kill()
-        raise RuntimeError("pixdex up did not print its API line in time")
-    stack = Stack(found["API"], found["AWS endpoint"], found["originals bucket"], proc, log)
-    # Keep reading its output so the pipe never fills and blocks the stack.
-    def drain() -> None:
-        for line in proc.stdout or []:
-            log.append(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    return stack
-
-
-def stop_stack(stack: Stack) -> None:
-    stop_process(stack.proc, ask=lambda: stack.proc.send_signal(signal.SIGINT), wait_s=60)
+def start_stack(data_dir: Path, timeout: float = 180.0) -> UpProcess:
+    return launch(data_dir, startup_s=timeout)
 
 
 def get(api: str, path: str, timeout: float = 30.0) -> tuple[int, Any]:
@@ -263,7 +205,7 @@ def done_states(api: str, doc_ids: Sequence[str]) -> tuple[set[str], list[str]]:
     return ok, problems[:5]
 
 
-def dead_letters(stack: Stack) -> int:
+def dead_letters(stack: UpProcess) -> int:
     sqs = stack.client("sqs")
     total = 0
     for url in sqs.list_queues().get("QueueUrls", []):
@@ -374,9 +316,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = _measure(stack, corpus.ids, photos, args)
         finally:
-            stop_stack(stack)
+            stack.stop(timeout_s=60)
             # What the stack logged about failures: the report names the errors, not only their count.
-            result_log = [line.strip()[:400] for line in stack.log
+            result_log = [line.strip()[:400] for line in stack.output
                           if any(w in line for w in ("Traceback", "Error", "error", "exception"))]
         result["stack_errors"] = list(dict.fromkeys(result_log))[:8]
     result["populate_s"] = populate_s
@@ -390,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(stack: Stack, ids: Sequence[str], photos: Sequence[tuple[str, bytes]],
+def _measure(stack: UpProcess, ids: Sequence[str], photos: Sequence[tuple[str, bytes]],
              args: argparse.Namespace) -> dict[str, Any]:
     status, stats = get(stack.api, "/stats")
     if status != 200:
