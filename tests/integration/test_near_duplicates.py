@@ -116,6 +116,31 @@ def test_a_copy_as_query_image_finds_its_original_first(api: Api, library: dict[
     assert len(seen) == len(set(seen)) == 7
 
 
+def test_paging_survives_a_copy_arriving_between_pages(api: Api, library: dict[str, Any]) -> None:
+    """The cursor of page 1 stays valid when the set of copies changes before page 2 is asked for (a copy
+    uploaded meanwhile): no 400, no hit twice."""
+    status, first = api("POST", "/search/image", {"size": "3"}, body={"image_id": library["cat"]}, claims=ALICE)
+    assert status == 200 and first["next_cursor"], first
+    seen = [h["id"] for h in first["hits"]]
+    cat = Image.open(io.BytesIO(_sample_photo(PHOTOS["alice/cat.png"]))).convert("RGB")
+    late = _index(api, "alice/cat-again.jpg", cat, _jpeg(cat))  # the same photo, indexed after page 1
+    cursor = first["next_cursor"]
+    while cursor:
+        status, page = api("POST", "/search/image", {"size": "3", "cursor": cursor}, body={"image_id": library["cat"]},
+                           claims=ALICE)
+        assert status == 200, page
+        seen += [h["id"] for h in page["hits"]]
+        cursor = page["next_cursor"]
+    assert len(seen) == len(set(seen)) and library["cat"] not in seen
+    assert {library["crop"], library["rotated"]} <= set(seen[:3])
+    # A new search shows the late copy first among the copies.
+    status, again = api("POST", "/search/image", {"size": "3"}, body={"image_id": library["cat"]}, claims=ALICE)
+    assert status == 200 and again["hits"][0]["id"] == late
+    status, err = api("POST", "/search/image", {"size": "3", "cursor": "bm90IGEgY3Vyc29y"},
+                      body={"image_id": library["cat"]}, claims=ALICE)
+    assert status == 422 and err["field"] == "cursor", err
+
+
 def test_query_by_id_lists_its_copies_first(api: Api, library: dict[str, Any]) -> None:
     status, body = api("POST", "/search/image", body={"image_id": library["cat"]}, claims=ALICE)
     assert status == 200, body

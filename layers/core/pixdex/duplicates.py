@@ -166,5 +166,10 @@ def rank(candidates: Sequence[Candidate], rule: DuplicateRule) -> list[tuple[Can
     found = [(c, rule.matches(same_sha256=c.same_sha256, distance=c.distance, similarity=c.similarity))
              for c in candidates]
     kept = [(c, m) for c, m in found if m]
-    kept.sort(key=lambda cm: (-cm[0].score, cm[0].distance if cm[0].distance is not None else 65, cm[0].id))
+    kept.sort(key=lambda cm: rank_key(cm[0]))
     return kept
+
+
+def rank_key(candidate: Candidate) -> tuple[float, int, str]:
+    """Where a copy sorts among copies: most alike first, then nearest hash, then id."""
+    return (-candidate.score, candidate.distance if candidate.distance is not None else 65, candidate.id)

@@ -17,7 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from pixdex.document import DEFAULT_TENANT
-from pixdex.duplicates import CROP_VECTOR, FULL_VECTOR, SIGNALS, Candidate, DuplicateRule, Signal, vector_similarities
+from pixdex.duplicates import (
+    CROP_VECTOR,
+    FULL_VECTOR,
+    SIGNALS,
+    Candidate,
+    DuplicateRule,
+    Signal,
+    rank_key,
+    vector_similarities,
+)
 from pixdex.duplicates import rank as rank_copies
 from pixdex.errors import InvalidRequestError, NotFoundError
 from pixdex.hashing import hamming
@@ -55,6 +64,8 @@ MAX_HYBRID_DEPTH = MAX_VECTOR_DEPTH
 # Near-duplicate candidates the vector side looks at (at least): copies of one photo rarely number more,
 # and the cosine floor stops it earlier in collections without look-alikes.
 DUPLICATE_CANDIDATES = 50
+# How many more copies than page 1 held a later page of query by image looks at (copies uploaded meanwhile).
+COPIES_ARRIVAL_MARGIN = 10
 
 SearchMode = Literal["keyword", "semantic", "hybrid"]
 
@@ -151,6 +162,28 @@ class HybridCursor:
 
     def encode(self) -> str:
         raw = json.dumps({"s": self.shape, "o": self.offset, "t": self.as_of}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class CopiesCursor:
+    """Query by image's cursor: the ranking's own cursor and where page 1's copies ended (the rank key of
+    the last copy shown), so later pages drop exactly the copies that page 1 showed, or would show now."""
+
+    inner: str
+    cut: tuple[float, int, str] | None
+
+    @classmethod
+    def decode(cls, raw: str) -> CopiesCursor:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            cut = data["k"]
+            return cls(str(data["c"]), None if cut is None else (float(cut[0]), int(cut[1]), str(cut[2])))
+        except (ValueError, KeyError, TypeError, IndexError, binascii.Error):
+            raise InvalidRequestError("cursor: not a cursor pixdex issued", field="cursor") from None
+
+    def encode(self) -> str:
+        raw = json.dumps({"c": self.inner, "k": self.cut}, separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -297,11 +330,13 @@ class SearchService:
                  sha256: str | None = None, exclude_id: str | None = None,
                  crop_vector: npt.NDArray[np.float32] | None = None) -> dict[str, Any]:
         """Query by example. Copies of the query image (the duplicate rule: pHash, vector, SHA-256) come
-        first, most alike first, then the rest by vector similarity. Copies found by hash are worked out
-        again for every page and left out of the vector ranking, and copies the ranking itself finds only
-        move up within their page, so pages neither repeat nor skip a hit. A page of size 1 that holds a
-        copy found by hash has no next page (ask for a larger size to page on). Copies found through crop
-        vectors (``crop_vector`` is the query's centre crop) are treated like copies found by hash."""
+        first, most alike first, then the rest by vector similarity. Copies found by hash (or through crop
+        vectors: ``crop_vector`` is the query's centre crop) lead page 1 and are dropped wherever the
+        ranking reaches them; the cursor carries where page 1's copies ended, so later pages drop the same
+        copies (and any that arrived since and rank above them) even when copies come or go while someone
+        pages. Copies the ranking itself finds only move up within their page. So pages neither repeat nor
+        skip a hit (a page can hold fewer than ``size`` hits). A page of size 1 that holds a copy found by
+        hash has no next page (ask for a larger size to page on)."""
         filters = request.filters
         if exclude_id:
             filters = replace(filters, exclude_ids=(*filters.exclude_ids, exclude_id))
@@ -309,29 +344,42 @@ class SearchService:
         probe = {FULL_VECTOR: vector, CROP_VECTOR: crop_vector}
         # One slot stays for the ranking, whose cursor pages on.
         room = max(request.size - 1, 1)
+        state = CopiesCursor.decode(request.cursor) if request.cursor is not None else None
+        # Later pages look deeper: copies that arrived since page 1 may rank above ones it showed.
+        depth = room if state is None else min(2 * room + COPIES_ARRIVAL_MARGIN, MAX_PAGE_SIZE)
         # Copies by hash are compared by vector too (a few vector reads), so they order by similarity
         # with the copies the ranking finds: a look-alike shot must not outrank the photo's own copy.
-        by_hash = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=room,
-                               vector_hits=[])[:room] if phash or rule.crop_vectors else []
-        if by_hash:
-            filters = replace(filters, exclude_ids=(*filters.exclude_ids, *(h.id for h, _, _ in by_hash)))
-        shown = by_hash if request.cursor is None else []
+        by_hash = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=depth,
+                               vector_hits=[])[:depth] if phash or rule.crop_vectors else []
+        if state is None:
+            by_hash = by_hash[:room]
+            shown = by_hash
+            cut = rank_key(shown[-1][1]) if shown else None
+        else:
+            cut = state.cut
+            by_hash = [hcm for hcm in by_hash if cut is not None and rank_key(hcm[1]) <= cut]
+            shown = []
         rest = request.size - len(shown)
         if rest <= 0:
             return {"hits": [self._copy_hit(h, c, m) for h, c, m in shown],
-                    "total": self.index.count(filters) + len(by_hash), "facets": {}, "next_cursor": None}
+                    "total": self.index.count(filters), "facets": {}, "next_cursor": None}
         result = self.index.search(SearchQuery(
             vector=VectorQuery(field="image_vector", vector=vector, k=MAX_VECTOR_DEPTH),
-            filters=filters, facets=request.facets, size=rest, cursor=request.cursor,
+            filters=filters, facets=request.facets, size=rest, cursor=state.inner if state is not None else None,
         ))
+        if result.next_cursor is not None:
+            result = replace(result, next_cursor=CopiesCursor(result.next_cursor, cut).encode())
+        hash_ids = {h.id for h, _, _ in by_hash}
+        ranked = [h for h in result.hits if h.id not in hash_ids]
         # Copies within the ranked page (vector, or joint with the pHash read off their documents).
         in_page = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=rest,
-                               vector_hits=result.hits, hash_search=False, cross_search=False)
+                               vector_hits=ranked, hash_search=False, cross_search=False)
         copy_ids = {h.id for h, _, _ in in_page}
         copies = sorted([*shown, *in_page], key=lambda hcm: (-hcm[1].score, hcm[0].id))
-        out = self._shape(replace(result, hits=[h for h in result.hits if h.id not in copy_ids]))
+        out = self._shape(replace(result, hits=[h for h in ranked if h.id not in copy_ids]))
         out["hits"] = [self._copy_hit(h, c, m) for h, c, m in copies] + out["hits"]
-        out["total"] = result.total + len(by_hash)
+        # Copies by hash beyond the ranking's depth are hits too.
+        out["total"] = max(result.total, len(by_hash))
         return out
 
     def by_vector(self, field_name: str, vector: npt.NDArray[np.float32], request: SearchRequest,
