@@ -36,6 +36,7 @@ EMULATOR_GAPS: dict[tuple[str, str], str] = {
     ("osmem", "test_filtered_knn"): NO_KNN,
     ("osmem", "test_min_similarity"): NO_KNN,
     ("osmem", "test_knn_"): NO_KNN,
+    ("osmem", "test_deep_knn"): NO_KNN,
     ("osmem", "test_delete_removes_document_everywhere"): NO_KNN,
     ("osmem", "test_last_word_matches_as_prefix"): NO_PREFIX,
     ("osmem", "test_all_words_must_match"): POSSESSIVE,
