@@ -349,15 +349,17 @@ class SearchService:
         depth = room if state is None else min(2 * room + COPIES_ARRIVAL_MARGIN, MAX_PAGE_SIZE)
         # Copies by hash are compared by vector too (a few vector reads), so they order by similarity
         # with the copies the ranking finds: a look-alike shot must not outrank the photo's own copy.
+        # A later page whose page 1 showed no copies has none to drop.
+        look = (phash or rule.crop_vectors) and (state is None or state.cut is not None)
         by_hash = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=depth,
-                               vector_hits=[])[:depth] if phash or rule.crop_vectors else []
+                               vector_hits=[])[:depth] if look else []
         if state is None:
             by_hash = by_hash[:room]
             shown = by_hash
             cut = rank_key(shown[-1][1]) if shown else None
         else:
             cut = state.cut
-            by_hash = [hcm for hcm in by_hash if cut is not None and rank_key(hcm[1]) <= cut]
+            by_hash = [hcm for hcm in by_hash if cut is not None and rank_key(hcm[1]) <= cut]  # shown on page 1
             shown = []
         rest = request.size - len(shown)
         if rest <= 0:
