@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from pixdex.local.processes import stop_process
 from pixdex.local.stack import LOCAL_CREDENTIALS, free_port
 
@@ -37,8 +39,6 @@ class UpProcess:
     drain: threading.Thread | None = None
 
     def client(self, service: str) -> Any:
-        import boto3
-
         factory: Any = boto3.client  # the stubs type only literal service names
         return factory(service, endpoint_url=self.aws_endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS)
 
@@ -53,7 +53,8 @@ class UpProcess:
 
 def launch(data_dir: Path, *extra: str, env: dict[str, str] | None = None, startup_s: float = 180.0,
            cwd: Path | None = None) -> UpProcess:
-    """Starts ``pixdex up --data DATA_DIR`` with ``extra`` arguments and returns once its API answers."""
+    """Starts ``pixdex up --data DATA_DIR`` with ``extra`` arguments and returns once it has printed its
+    addresses (it prints the API's last, when the stack serves)."""
     api_port, aws_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pixdex.cli", "up", "--data", str(data_dir), "--api-port", str(api_port),
