@@ -354,7 +354,6 @@ class SearchService:
         by_hash = self._copies(rule, phash=phash, sha256=sha256, vectors=probe, scope=filters, depth=depth,
                                vector_hits=[])[:depth] if look else []
         if state is None:
-            by_hash = by_hash[:room]
             shown = by_hash
             cut = rank_key(shown[-1][1]) if shown else None
         else:

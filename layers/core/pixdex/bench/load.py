@@ -56,11 +56,7 @@ _SAMPLES: Final = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "
 
 
 # ------------------------------------------------------------------------------------------------------
-# The stack
-
-
-def start_stack(data_dir: Path, timeout: float = 180.0) -> UpProcess:
-    return launch(data_dir, startup_s=timeout)
+# The stack's API
 
 
 def get(api: str, path: str, timeout: float = 30.0) -> tuple[int, Any]:
@@ -312,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         index.close()
         photos = photo_variants(args.photos, args.photo_size, args.seed)
         print("starting pixdex up ...", file=sys.stderr)
-        stack = start_stack(data_dir)
+        stack = launch(data_dir)
         try:
             result = _measure(stack, corpus.ids, photos, args)
         finally:

@@ -642,16 +642,17 @@ class VectorStore:
     def _near(self, query: F32Array, ok: BoolArray, min_similarity: float | None) -> IntpArray | None:
         """The ``ok`` rows that may reach ``min_similarity`` by their SimHash codes; None when the threshold
         lets through too many rows for exact scoring to beat the int8 scan."""
-        if min_similarity is None or hamming_bound(SIMHASH_BITS, float(min_similarity)) >= SIMHASH_BITS:
+        if min_similarity is None:
             return None
-        n = self.rows.size
+        bound = hamming_bound(SIMHASH_BITS, float(min_similarity))
+        if bound >= SIMHASH_BITS:
+            return None
         codes = self.threshold_codes()
-        if codes is None:
+        if codes is None or codes.codes is None:
             return None  # still being built
-        hasher = codes.hasher
-        ready = codes.ready(self.rows.values, n)
-        assert ready is not None
-        near = ok & (hasher.distances(ready, hasher.encode(query)[0]) <= hamming_bound(hasher.bits, min_similarity))
+        n = self.rows.size
+        hasher = codes.hasher  # ready() has grown the codes to every row
+        near = ok & (hasher.distances(codes.codes[:n], hasher.encode(query)[0]) <= bound)
         rows: IntpArray = np.flatnonzero(near)
         return rows if len(rows) <= n // EXACT_TO_COARSE_COST else None
 
